@@ -1,0 +1,311 @@
+"""Reader for the HumanML3D directory layout, plus afford-motion's contact maps.
+
+One code path serves the real HumanML3D download and the embedded synthetic set
+(`cmdm.data.synthetic` writes the same layout):
+
+    <root>/new_joint_vecs/<id>.npy   float32 (T, 263) features, 20 fps
+    <root>/texts/<id>.txt            lines `caption#word/POS ...#from#to` (seconds; 0#0 = whole clip)
+    <root>/Mean.npy, <root>/Std.npy  (263,) normalisation of the generator's input
+    <root>/{train,val,test}.txt      one id per line
+    <root>/contacts/<id>.npz         optional: `points` (N, 3+) and `dist` (N, 22)
+
+Every malformed or missing file raises `DataError` with one paragraph naming the
+file, what was expected, and the fix.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+FPS = 20
+FEATURE_DIM = 263
+NUM_JOINTS = 22
+DOWNLOAD_HINT = (
+    "Get HumanML3D from https://github.com/EricGuo5513/HumanML3D (follow its README to build "
+    "new_joint_vecs/ and texts/), or run on the embedded synthetic dataset with configs/demo.yaml."
+)
+
+
+class DataError(Exception):
+    """A dataset file is missing or malformed; the message says which file and how to fix it."""
+
+
+# ----------------------------------------------------------------------------
+# Captions
+# ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Caption:
+    text: str            # the raw sentence
+    tokens: tuple        # ('a/DET', 'man/NOUN', ...) as HumanML3D writes them
+    start: float         # seconds; 0 and 0 mean the whole clip
+    end: float
+
+    @property
+    def whole_clip(self) -> bool:
+        return self.start == 0.0 and self.end == 0.0
+
+
+def parse_caption_line(line: str, path: str | Path, lineno: int) -> Caption:
+    """Parse `caption#word/POS word/POS ...#from#to`; NaN times (seen in HumanML3D) mean whole clip."""
+    parts = line.rstrip("\n").split("#")
+    if len(parts) != 4:
+        raise DataError(
+            f"{path}, line {lineno}: expected 4 '#'-separated fields `caption#word/POS ...#from#to`, "
+            f"found {len(parts)} in {line.strip()!r}. Fix or remove that line."
+        )
+    text, tokens, start, end = parts
+    try:
+        start_s, end_s = float(start), float(end)
+    except ValueError:
+        raise DataError(
+            f"{path}, line {lineno}: the from/to fields must be seconds (numbers), got {start!r} and {end!r}."
+        ) from None
+    start_s = 0.0 if np.isnan(start_s) else start_s
+    end_s = 0.0 if np.isnan(end_s) else end_s
+    token_list = tuple(tokens.split())
+    bad = [tok for tok in token_list if "/" not in tok]
+    if bad:
+        raise DataError(
+            f"{path}, line {lineno}: tokens must be written `word/POS`, found {bad[0]!r}. "
+            "Re-tag the caption (HumanML3D uses spaCy lemmas and UPOS tags)."
+        )
+    return Caption(text.strip(), token_list, start_s, end_s)
+
+
+def read_captions(path: str | Path) -> list[Caption]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"Caption file {path} is missing: every motion needs texts/<id>.txt. {DOWNLOAD_HINT}")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    captions = [parse_caption_line(line, path, i + 1) for i, line in enumerate(lines) if line.strip()]
+    if not captions:
+        raise DataError(f"Caption file {path} holds no caption line; expected `caption#word/POS ...#from#to`.")
+    return captions
+
+
+# ----------------------------------------------------------------------------
+# Files: splits, features, normalisation, contacts
+# ----------------------------------------------------------------------------
+
+def read_split(root: str | Path, split: str) -> list[str]:
+    path = Path(root) / f"{split}.txt"
+    if not path.is_file():
+        raise DataError(f"Split file {path} is missing: expected one motion id per line. {DOWNLOAD_HINT}")
+    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise DataError(f"Split file {path} is empty: expected one motion id per line.")
+    return ids
+
+
+def load_features(path: str | Path) -> np.ndarray:
+    path = Path(path)
+    try:
+        motion = np.load(path)
+    except (OSError, ValueError) as err:
+        raise DataError(f"Motion file {path} cannot be read as a .npy array ({err}); re-extract it.") from None
+    if motion.ndim != 2 or motion.shape[1] != FEATURE_DIM:
+        raise DataError(
+            f"Motion file {path} has shape {motion.shape}; expected (T, {FEATURE_DIM}) HumanML3D features "
+            "(new_joint_vecs/, not new_joints/)."
+        )
+    if not np.isfinite(motion).all():
+        raise DataError(f"Motion file {path} contains NaN or inf values; re-extract it.")
+    return motion.astype(np.float32)
+
+
+def load_mean_std(root: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    arrays = []
+    for name in ("Mean.npy", "Std.npy"):
+        path = Path(root) / name
+        if not path.is_file():
+            raise DataError(f"{path} is missing: HumanML3D ships Mean.npy and Std.npy (263,) at its root. {DOWNLOAD_HINT}")
+        arr = np.load(path).astype(np.float32)
+        if arr.shape != (FEATURE_DIM,):
+            raise DataError(f"{path} has shape {arr.shape}; expected ({FEATURE_DIM},).")
+        arrays.append(arr)
+    mean, std = arrays
+    if (std <= 0).any() or not np.isfinite(std).all():
+        raise DataError(f"{Path(root) / 'Std.npy'} has zero, negative or non-finite entries; recompute it.")
+    return mean, std
+
+
+def load_contact_file(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Return (points (N,3), dist (N,22)) from an afford-motion style `contacts/<id>.npz`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(
+            f"Contact file {path} is missing: with data.use_contacts=true every motion needs contacts/<id>.npz "
+            "holding `points` (N,3+) and `dist` (N,22). Set data.use_contacts=false to train on text only."
+        )
+    try:
+        with np.load(path) as npz:
+            if "points" not in npz or "dist" not in npz:
+                raise DataError(f"Contact file {path} holds keys {sorted(npz.files)}; expected `points` and `dist`.")
+            points, dist = npz["points"], npz["dist"]
+    except (OSError, ValueError) as err:
+        raise DataError(f"Contact file {path} cannot be read as an .npz archive ({err}); regenerate it.") from None
+    if points.ndim != 2 or points.shape[1] < 3 or dist.ndim != 2 or dist.shape != (points.shape[0], NUM_JOINTS):
+        raise DataError(
+            f"Contact file {path}: `points` has shape {points.shape} and `dist` {dist.shape}; expected (N,3+) "
+            f"and (N,{NUM_JOINTS}) with the same N."
+        )
+    return points[:, :3].astype(np.float32), dist.astype(np.float32)
+
+
+def contact_map(points: np.ndarray, dist: np.ndarray, joints: list[int], sigma: float,
+                num_points: int, rng: np.random.Generator) -> np.ndarray:
+    """afford-motion's contact input: xyz + exp(-0.5 d^2 / sigma^2) per chosen joint, resampled to num_points.
+
+    Points are drawn without replacement when the scene has enough, with replacement otherwise,
+    so every sample has exactly `num_points` rows.
+    """
+    n = points.shape[0]
+    idx = rng.choice(n, num_points, replace=n < num_points)
+    channels = np.exp(-0.5 * dist[idx][:, joints] ** 2 / sigma**2)
+    return np.concatenate([points[idx], channels], axis=1).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------
+# Dataset
+# ----------------------------------------------------------------------------
+
+@dataclass
+class Entry:
+    """One training item: a (sub-)clip of a motion with the captions that describe it."""
+    name: str                 # motion id, with a suffix for sub-clips
+    motion_id: str            # file id (contacts are per file)
+    motion: np.ndarray        # (T, 263) raw features
+    captions: list
+
+
+class MotionDataset(Dataset):
+    """HumanML3D-layout dataset: length filter, sub-clips, crop to unit length, normalise, pad, mask, contacts.
+
+    `train=True` draws a random caption, crop offset and contact points per item (as HumanML3D's loader
+    does); `train=False` makes every item deterministic given its index, so evaluation is repeatable.
+    """
+
+    def __init__(self, root, split: str, *, min_motion_len=40, max_motion_len=200, max_frames=196,
+                 unit_length=4, use_contacts=True, contact_num_points=8192, contact_sigma=0.8,
+                 contact_joints=(0, 10, 11, 12, 20, 21), train=True, seed=0, progress=True):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"Dataset folder {self.root} does not exist. {DOWNLOAD_HINT}")
+        self.split, self.train, self.seed = split, train, seed
+        self.max_frames, self.unit_length = max_frames, unit_length
+        self.use_contacts = use_contacts
+        self.contact_num_points, self.contact_sigma = contact_num_points, contact_sigma
+        self.contact_joints = list(contact_joints)
+        self.mean, self.std = load_mean_std(self.root)
+
+        ids = read_split(self.root, split)
+        missing = [i for i in ids if not (self.root / "new_joint_vecs" / f"{i}.npy").is_file()]
+        if missing:
+            raise DataError(
+                f"{self.root / (split + '.txt')} names {len(missing)} motion(s) with no file in "
+                f"{self.root / 'new_joint_vecs'} (first: {', '.join(missing[:5])}). The download is incomplete "
+                "or the split belongs to another dataset; rebuild new_joint_vecs/ or remove those ids."
+            )
+        self.entries: list[Entry] = []
+        self.num_filtered = 0  # (sub-)clips dropped by the length filter
+        for motion_id in tqdm(ids, desc=f"loading {split}", disable=not progress, leave=False):
+            motion = load_features(self.root / "new_joint_vecs" / f"{motion_id}.npy")
+            captions = read_captions(self.root / "texts" / f"{motion_id}.txt")
+            # As HumanML3D's loader: the whole motion must pass the length filter before any of its
+            # sub-clips is considered (this fixes the test-set composition the published numbers use).
+            if len(motion) < min_motion_len or len(motion) >= max_motion_len:
+                self.num_filtered += 1
+                continue
+            whole = [c for c in captions if c.whole_clip]
+            if whole:
+                self.entries.append(Entry(motion_id, motion_id, motion, whole))
+            for k, cap in enumerate(c for c in captions if not c.whole_clip):
+                clip = motion[int(cap.start * FPS):int(cap.end * FPS)]
+                if min_motion_len <= len(clip) < max_motion_len:
+                    self.entries.append(Entry(f"{motion_id}#{k}", motion_id, clip, [cap]))
+                else:
+                    self.num_filtered += 1
+            if use_contacts:  # fail now, not mid-epoch, on a missing contact file
+                path = self.root / "contacts" / f"{motion_id}.npz"
+                if not path.is_file():
+                    load_contact_file(path)
+        if not self.entries:
+            raise DataError(
+                f"No motion of {self.root / (split + '.txt')} passes the length filter "
+                f"{min_motion_len} <= T < {max_motion_len} ({self.num_filtered} filtered out). "
+                "Check data.min_motion_len / data.max_motion_len."
+            )
+        self._contacts: dict = {}
+
+    def __len__(self):
+        return len(self.entries)
+
+    def _contact(self, motion_id, rng):
+        if motion_id not in self._contacts:  # small (N x 25 floats): keep each file after its first read
+            self._contacts[motion_id] = load_contact_file(self.root / "contacts" / f"{motion_id}.npz")
+        points, dist = self._contacts[motion_id]
+        return contact_map(points, dist, self.contact_joints, self.contact_sigma, self.contact_num_points, rng)
+
+    def __getitem__(self, index):
+        rng = np.random.default_rng() if self.train else np.random.default_rng((self.seed, index))
+        entry = self.entries[index]
+        caption = entry.captions[rng.integers(len(entry.captions))] if self.train else entry.captions[0]
+
+        length = min(len(entry.motion), self.max_frames) // self.unit_length * self.unit_length
+        start = rng.integers(0, len(entry.motion) - length + 1) if self.train else 0
+        motion = (entry.motion[start:start + length] - self.mean) / self.std
+
+        padded = np.zeros((self.max_frames, FEATURE_DIM), dtype=np.float32)
+        padded[:length] = motion
+        mask = np.zeros(self.max_frames, dtype=bool)
+        mask[:length] = True
+        item = {
+            "motion": torch.from_numpy(padded),
+            "mask": torch.from_numpy(mask),
+            "length": length,
+            "text": caption.text,
+            "tokens": list(caption.tokens),
+            "id": entry.name,
+        }
+        if self.use_contacts:
+            item["contact"] = torch.from_numpy(self._contact(entry.motion_id, rng))
+        return item
+
+    def denormalize(self, motion):
+        """Normalised features -> raw HumanML3D features (numpy or torch, any leading dims)."""
+        if isinstance(motion, torch.Tensor):
+            return motion * torch.as_tensor(self.std, device=motion.device) + torch.as_tensor(self.mean, device=motion.device)
+        return motion * self.std + self.mean
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack tensors, keep strings and token lists as lists."""
+    batch = {"length": torch.tensor([it["length"] for it in items], dtype=torch.long)}
+    for key in ("motion", "mask", "contact"):
+        if key in items[0]:
+            batch[key] = torch.stack([it[key] for it in items])
+    for key in ("text", "tokens", "id"):
+        batch[key] = [it[key] for it in items]
+    return batch
+
+
+def dataset_from_config(data_cfg, split: str, train: bool, seed: int = 0, progress: bool = True) -> MotionDataset:
+    """Build the dataset a config names; the synthetic set is generated first if it is not on disk yet."""
+    if data_cfg.name == "synthetic":
+        from cmdm.data.synthetic import ensure_dataset
+        ensure_dataset(data_cfg.root, num_clips=data_cfg.synthetic_num_clips, seed=data_cfg.synthetic_seed)
+    return MotionDataset(
+        data_cfg.root, split,
+        min_motion_len=data_cfg.min_motion_len, max_motion_len=data_cfg.max_motion_len,
+        max_frames=data_cfg.max_frames, unit_length=data_cfg.unit_length,
+        use_contacts=data_cfg.use_contacts, contact_num_points=data_cfg.contact_num_points,
+        contact_sigma=data_cfg.contact_sigma, contact_joints=data_cfg.contact_joints,
+        train=train, seed=seed, progress=progress,
+    )
