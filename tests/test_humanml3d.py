@@ -106,16 +106,25 @@ def test_item_crop_normalise_pad_mask(root):
     assert item["mask"][:168].all() and not item["mask"][168:].any()
     real = np.load(SAMPLE / "new_joint_vecs" / "012314.npy")
     mean, std = np.load(SAMPLE / "Mean.npy"), np.load(SAMPLE / "Std.npy")
-    np.testing.assert_allclose(item["motion"][:168].numpy(), (real[:168] - mean) / std, rtol=1e-6, atol=1e-6)
+    raw = ds.denormalize(item["motion"][:168]).numpy()
+    starts = [s for s in range(3) if np.abs(real[s:s + 168] - raw).max() < 1e-4]
+    assert len(starts) == 1  # a crop of 168 consecutive frames starting at 0, 1 or 2
+    np.testing.assert_allclose(item["motion"][:168].numpy(), (real[starts[0]:starts[0] + 168] - mean) / std,
+                               rtol=1e-5, atol=1e-5)
     assert (item["motion"][168:] == 0).all()
-    np.testing.assert_allclose(ds.denormalize(item["motion"][:168]).numpy(), real[:168], atol=1e-5)
-    assert item["text"] == "a person walks forward." and item["tokens"][0] == "a/DET"
+    assert item["text"] in ("a person walks forward.", "someone strolls ahead")
 
 
-def test_eval_items_are_deterministic_train_items_vary(root):
+def test_eval_items_are_deterministic_per_seed_train_items_vary(root):
     ds = make(root, train=False)
     a, b = ds[0], ds[0]
     assert torch.equal(a["contact"], b["contact"]) and a["text"] == b["text"]
+    other = make(root, train=False, seed=1)[0]
+    assert not torch.equal(a["contact"], other["contact"])  # another seed, another draw
+    torch.manual_seed(0)
+    c = make(root)[0]
+    torch.manual_seed(0)
+    assert torch.equal(c["contact"], make(root)[0]["contact"])  # train draws follow torch's RNG
     train = make(root)
     i = [e.name for e in train.entries].index("012314")
     texts = {train[i]["text"] for _ in range(40)}

@@ -188,8 +188,10 @@ class Entry:
 class MotionDataset(Dataset):
     """HumanML3D-layout dataset: length filter, sub-clips, crop to unit length, normalise, pad, mask, contacts.
 
-    `train=True` draws a random caption, crop offset and contact points per item (as HumanML3D's loader
-    does); `train=False` makes every item deterministic given its index, so evaluation is repeatable.
+    Each item draws a caption, a crop offset and contact points at random, as HumanML3D's loader does.
+    `train=True` seeds that draw from torch's RNG (so a DataLoader worker's seed, and a resumed run's
+    restored RNG, fix it); `train=False` seeds it from (seed, index), so an evaluation is repeatable and
+    another `seed` gives another draw of the same test set (the GT row and replications rely on it).
     """
 
     def __init__(self, root, split: str, *, min_motion_len=40, max_motion_len=200, max_frames=196,
@@ -254,12 +256,13 @@ class MotionDataset(Dataset):
         return contact_map(points, dist, self.contact_joints, self.contact_sigma, self.contact_num_points, rng)
 
     def __getitem__(self, index):
-        rng = np.random.default_rng() if self.train else np.random.default_rng((self.seed, index))
+        seed = int(torch.randint(2**62, ())) if self.train else (self.seed, index)
+        rng = np.random.default_rng(seed)
         entry = self.entries[index]
-        caption = entry.captions[rng.integers(len(entry.captions))] if self.train else entry.captions[0]
+        caption = entry.captions[rng.integers(len(entry.captions))]
 
         length = min(len(entry.motion), self.max_frames) // self.unit_length * self.unit_length
-        start = rng.integers(0, len(entry.motion) - length + 1) if self.train else 0
+        start = rng.integers(0, len(entry.motion) - length + 1)
         motion = (entry.motion[start:start + length] - self.mean) / self.std
 
         padded = np.zeros((self.max_frames, FEATURE_DIM), dtype=np.float32)
