@@ -1,0 +1,273 @@
+"""CMDM: the text- and contact-conditioned motion denoiser of afford-motion, two bodies.
+
+    model = build_model(cfg)                                   # cfg: cmdm.config.Config
+    cond = model.encode_conditions(texts, contact)             # once per batch
+    x0_hat = model(x_t, t, cond, mask)                         # (B, T, 263), every step
+
+Conditions are encoded once and reused at every diffusion step: `cond` is a dict with
+  text_vec (B, D)   the pooled text feature, added to the time embedding (DiT adaLN input),
+  tokens   (B, S, D) the condition tokens: text (1 pooled or L per-token) then contact tokens,
+  pad      (B, S)   True where a condition token is padding,
+plus `_`-prefixed raw features from which `null_conditions` builds the unconditional twin.
+
+Bodies (`arch`):
+  trans_enc  afford-motion's: one sequence [time(1), text(1|L), contact(K), motion(T)],
+             sinusoidal positions over all of it, post-norm nn.TransformerEncoder (GELU),
+             key padding for padded frames and text padding, motion tokens -> Linear -> 263.
+             Module names match afford-motion's, so its trained weights load (checkpoint.py).
+             (fusion_method and the dit_* keys do not apply to it.)
+  dit        DiT blocks on the motion tokens, adaLN-Zero modulated by c = time + pooled text;
+             the condition tokens are reached through cross-attention in every block
+             (fusion_method='cross_attn') or by joining the sequence (fusion_method='concat').
+
+What afford-motion's stable guide only names is made real here:
+  condition_embedder.use_cross_attn_pooling + num_latents
+             the K contact tokens are pooled by `num_latents` learned latents (Perceiver
+             cross-attention) before they join the conditions (both archs);
+  dit_use_cross_attn_pooling
+             the DiT's whole condition token set (text + contact) is pooled the same way, so
+             every block attends a fixed `num_latents` tokens whatever the text length;
+  condition_embedder.fusion_method
+             how the DiT reaches the condition tokens (above).
+
+Condition dropout (classifier-free guidance) erases a condition the way afford-motion does:
+the raw text feature / the contact-encoder output is multiplied by 0 before its adapter, so the
+"null" condition is the adapter's bias, a learned constant. Masks are sampled by
+`sample_drop_masks` (the training loop calls `encode_batch(batch, cfg_dropout=True)`).
+"""
+
+import torch
+import torch.nn as nn
+
+from cmdm.model.blocks import DiTBlock, FinalLayer, LatentPooler, PositionalEncoding, TimestepEmbedder
+from cmdm.model.condition import ContactEncoder
+from cmdm.model.text import TextEncoder
+
+MOTION_DIM = 263       # HumanML3D feature vector
+MINILM_DIM = 384       # width of the built-in text encoder
+
+
+class CMDM(nn.Module):
+    def __init__(self, *, motion_dim: int = MOTION_DIM, arch: str = "dit", latent_dim: int = 512,
+                 num_layers=5, num_heads: int = 8, dim_feedforward: int = 1024, dropout: float = 0.15,
+                 dit_drop_path: float = 0.05, dit_use_cross_attn_pooling: bool = True,
+                 fusion_method: str = "cross_attn", text_encoder: TextEncoder | None = None,
+                 text_dim: int | None = None, use_contacts: bool = True, contact_in_dim: int = 9,
+                 contact_num_tokens: int = 128, contact_dim: int = 256, contact_group_size: int = 32,
+                 use_cross_attn_pooling: bool = True, num_latents: int = 64,
+                 text_drop_prob: float = 0.1, contact_drop_prob: float = 0.1,
+                 num_timesteps: int = 1000, pos_dropout: float = 0.1):
+        super().__init__()
+        if arch not in ("trans_enc", "dit"):
+            raise ValueError(f"arch must be 'trans_enc' or 'dit', got {arch!r}")
+        if fusion_method not in ("cross_attn", "concat"):
+            raise ValueError(f"fusion_method must be 'cross_attn' or 'concat', got {fusion_method!r}")
+        if text_encoder is None and text_dim is None:
+            raise ValueError("give a text_encoder, or text_dim when captions arrive as features")
+        depth = sum(num_layers) if isinstance(num_layers, (list, tuple)) else int(num_layers)
+        self.arch, self.fusion_method, self.latent_dim, self.motion_dim = arch, fusion_method, latent_dim, motion_dim
+        self.use_contacts = use_contacts
+        self.text_drop_prob, self.contact_drop_prob = text_drop_prob, contact_drop_prob
+        # A plain attribute, not a submodule: frozen, shared, outside state_dict and optimiser.
+        self.text_encoder = text_encoder
+        self.text_dim = text_encoder.dim if text_encoder is not None else text_dim
+        D = latent_dim
+
+        # ---- conditions --------------------------------------------------------------------
+        self.timestep_embedder = TimestepEmbedder(D, num_timesteps)
+        self.language_adapter = nn.Linear(self.text_dim, D)
+        if use_contacts:
+            self.contact_encoder = ContactEncoder(contact_in_dim, contact_num_tokens, contact_dim,
+                                                  group_size=contact_group_size)
+            self.contact_adapter = nn.Linear(contact_dim, D)
+            if use_cross_attn_pooling:
+                self.contact_pooler = LatentPooler(D, num_latents, num_heads, dim_feedforward, dropout)
+
+        # ---- body --------------------------------------------------------------------------
+        self.motion_adapter = nn.Linear(motion_dim, D)
+        if arch == "trans_enc":
+            self.positional_encoder = PositionalEncoding(D, dropout=pos_dropout)
+            layer = nn.TransformerEncoderLayer(D, num_heads, dim_feedforward, dropout,
+                                               activation="gelu", batch_first=True)
+            self.self_attn_layer = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+            self.motion_layer = nn.Linear(D, motion_dim)
+        else:
+            self.positional_encoder = PositionalEncoding(D, dropout=0.0)
+            # Which condition a token came from (text / contact): a learned offset per kind,
+            # small at init (std 0.02) like position tables.
+            self.cond_type_embed = nn.Parameter(torch.randn(2, D) * 0.02)
+            if dit_use_cross_attn_pooling:
+                self.cond_pooler = LatentPooler(D, num_latents, num_heads, dim_feedforward, dropout)
+            # Stochastic depth grows linearly with depth, 0 at the first block (timm ViT practice).
+            rates = torch.linspace(0, dit_drop_path, depth).tolist() if depth > 1 else [dit_drop_path]
+            self.blocks = nn.ModuleList(
+                DiTBlock(D, num_heads, dim_feedforward, dropout, rate, cross_attn=fusion_method == "cross_attn")
+                for rate in rates)
+            self.final_layer = FinalLayer(D, motion_dim)
+
+    # ----------------------------------------------------------------------------------------
+    # construction from the typed config
+    # ----------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, model_cfg, *, use_contacts: bool = True, contact_channels: int = 6,
+                    num_timesteps: int = 1000, motion_dim: int = MOTION_DIM,
+                    load_text_encoder: bool = True) -> "CMDM":
+        """CMDM from `cfg.model`; the data-side facts come as arguments (see build_model)."""
+        tm, ce = model_cfg.text_model, model_cfg.condition_embedder
+        text_encoder, text_dim = None, None
+        if load_text_encoder:
+            text_encoder = TextEncoder(tm.name, tm.max_length, tm.output)
+        elif tm.name.lower() == "all-minilm-l6-v2":
+            text_dim = MINILM_DIM
+        else:
+            raise ValueError("load_text_encoder=False needs the built-in text model (its width is known)")
+        return cls(motion_dim=motion_dim, arch=model_cfg.arch, latent_dim=model_cfg.latent_dim,
+                   num_layers=model_cfg.num_layers, num_heads=model_cfg.num_heads,
+                   dim_feedforward=model_cfg.dim_feedforward, dropout=model_cfg.dropout,
+                   dit_drop_path=model_cfg.dit_drop_path,
+                   dit_use_cross_attn_pooling=model_cfg.dit_use_cross_attn_pooling,
+                   fusion_method=ce.fusion_method, text_encoder=text_encoder, text_dim=text_dim,
+                   use_contacts=use_contacts, contact_in_dim=3 + contact_channels,
+                   contact_num_tokens=ce.contact_num_tokens, contact_dim=ce.contact_dim,
+                   use_cross_attn_pooling=ce.use_cross_attn_pooling, num_latents=ce.num_latents,
+                   text_drop_prob=model_cfg.text_drop_prob, contact_drop_prob=model_cfg.contact_drop_prob,
+                   num_timesteps=num_timesteps)
+
+    @property
+    def device(self) -> torch.device:
+        return self.motion_adapter.weight.device
+
+    # ----------------------------------------------------------------------------------------
+    # conditions: encoded once per batch
+    # ----------------------------------------------------------------------------------------
+
+    def sample_drop_masks(self, batch_size: int, generator: torch.Generator | None = None):
+        """Classifier-free dropout masks (True = erase): text with text_drop_prob, contact with
+        contact_drop_prob, independently (afford-motion's RandomEraseLang / RandomEraseContact)."""
+        g_dev = generator.device if generator is not None else self.device
+        drop_text = torch.rand(batch_size, generator=generator, device=g_dev) < self.text_drop_prob
+        drop_contact = None
+        if self.use_contacts:
+            drop_contact = torch.rand(batch_size, generator=generator, device=g_dev) < self.contact_drop_prob
+            drop_contact = drop_contact.to(self.device)
+        return drop_text.to(self.device), drop_contact
+
+    def encode_batch(self, batch: dict, cfg_dropout: bool = False, generator=None) -> dict:
+        """`encode_conditions` on a dataset batch; with cfg_dropout, conditions are randomly erased."""
+        drop_text = drop_contact = None
+        if cfg_dropout:
+            drop_text, drop_contact = self.sample_drop_masks(len(batch["text"]), generator)
+        contact = batch.get("contact")
+        if contact is not None:
+            contact = contact.to(self.device, non_blocking=True)
+        return self.encode_conditions(batch["text"], contact, drop_text, drop_contact)
+
+    def encode_conditions(self, texts, contact: torch.Tensor | None = None,
+                          drop_text: torch.Tensor | None = None,
+                          drop_contact: torch.Tensor | None = None) -> dict:
+        """Condition dict for `forward`.
+
+        texts: list of captions (run through the frozen text encoder, cached per caption), or
+               precomputed text features (B, F) / (B, L, F) (all tokens valid).
+        contact: (B, N, 3 + C) contact map, or None for a model built without contacts.
+        drop_text / drop_contact: (B,) bool, True erases that condition for that sample.
+        """
+        if torch.is_tensor(texts):
+            text_feat = (texts if texts.dim() == 3 else texts.unsqueeze(1)).to(self.device)
+            text_pad = torch.zeros(text_feat.shape[:2], dtype=torch.bool, device=self.device)
+        else:
+            if self.text_encoder is None:
+                raise ValueError("this model has no text encoder: pass text features, not captions")
+            text_feat, text_pad = self.text_encoder.encode(list(texts), device=self.device)
+        contact_feat = None
+        if self.use_contacts:
+            if contact is None:
+                raise ValueError("this model conditions on contact maps (use_contacts=True) but got none")
+            contact_feat = self.contact_encoder(contact.to(self.device))
+        return self.fuse_conditions(text_feat, text_pad, contact_feat, drop_text, drop_contact)
+
+    def fuse_conditions(self, text_feat, text_pad, contact_feat=None, drop_text=None, drop_contact=None):
+        """Raw features -> condition dict: erase, adapt to latent_dim, pool, join."""
+        B = text_feat.shape[0]
+        raw = {"_text_feat": text_feat, "_text_pad": text_pad, "_contact_feat": contact_feat}
+        if drop_text is not None:
+            text_feat = text_feat * (~drop_text.bool()).to(text_feat.dtype)[:, None, None]
+        text_tok = self.language_adapter(text_feat)                                  # (B, L, D)
+        valid = (~text_pad).to(text_tok.dtype).unsqueeze(-1)
+        text_vec = (text_tok * valid).sum(1) / valid.sum(1).clamp(min=1.0)           # (B, D)
+        tokens, pads = [text_tok], [text_pad]
+        if contact_feat is not None:
+            if drop_contact is not None:
+                contact_feat = contact_feat * (~drop_contact.bool()).to(contact_feat.dtype)[:, None, None]
+            contact_tok = self.contact_adapter(contact_feat)                          # (B, K, D)
+            if hasattr(self, "contact_pooler"):
+                contact_tok = self.contact_pooler(contact_tok)                        # (B, latents, D)
+            tokens.append(contact_tok)
+            pads.append(torch.zeros(contact_tok.shape[:2], dtype=torch.bool, device=contact_tok.device))
+        if self.arch == "dit":
+            tokens = [tok + self.cond_type_embed[i] for i, tok in enumerate(tokens)]
+        tokens, pad = torch.cat(tokens, 1), torch.cat(pads, 1)
+        if hasattr(self, "cond_pooler"):
+            tokens = self.cond_pooler(tokens, pad)
+            pad = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return {"text_vec": text_vec, "tokens": tokens, "pad": pad, **raw}
+
+    def null_conditions(self, cond: dict) -> dict:
+        """The unconditional twin of `cond` (both conditions erased) for classifier-free guidance."""
+        B, dev = cond["_text_feat"].shape[0], cond["_text_feat"].device
+        drop = torch.ones(B, dtype=torch.bool, device=dev)
+        return self.fuse_conditions(cond["_text_feat"], cond["_text_pad"], cond["_contact_feat"],
+                                    drop, drop if cond["_contact_feat"] is not None else None)
+
+    # ----------------------------------------------------------------------------------------
+    # denoiser
+    # ----------------------------------------------------------------------------------------
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: dict, mask: torch.Tensor) -> torch.Tensor:
+        """x_t (B, T, motion_dim), t (B,) long, cond from encode_conditions, mask (B, T) True = valid
+        -> prediction (B, T, motion_dim): x0 (CMDM) or eps, as the diffusion is configured."""
+        pad = ~mask.bool()
+        x = self.motion_adapter(x_t)
+        t_emb = self.timestep_embedder(t)
+        if self.arch == "trans_enc":
+            T = x.shape[1]
+            seq = torch.cat([t_emb.unsqueeze(1), cond["tokens"], x], dim=1)
+            key_pad = torch.cat([pad.new_zeros(pad.shape[0], 1), cond["pad"], pad], dim=1)
+            h = self.self_attn_layer(self.positional_encoder(seq), src_key_padding_mask=key_pad)
+            return self.motion_layer(h[:, -T:])
+
+        c = t_emb + cond["text_vec"]
+        h = self.positional_encoder(x)
+        if self.fusion_method == "concat":
+            S = cond["tokens"].shape[1]
+            h, hpad = torch.cat([cond["tokens"], h], 1), torch.cat([cond["pad"], pad], 1)
+            for block in self.blocks:
+                h = block(h, c, pad=hpad)
+            h = h[:, S:]
+        else:
+            for block in self.blocks:
+                h = block(h, c, pad=pad, context=cond["tokens"], context_pad=cond["pad"])
+        return self.final_layer(h, c)
+
+    # ----------------------------------------------------------------------------------------
+    # reporting
+    # ----------------------------------------------------------------------------------------
+
+    def parameter_counts(self) -> dict:
+        """Trainable parameters per top-level part, plus the frozen text encoder (not saved)."""
+        counts = {}
+        for name, p in self.named_parameters():
+            part = name.split(".")[0]
+            counts[part] = counts.get(part, 0) + p.numel()
+        if self.text_encoder is not None:
+            counts["text_encoder (frozen, not in checkpoints)"] = self.text_encoder.num_parameters
+        return counts
+
+
+def build_model(cfg, load_text_encoder: bool = True) -> CMDM:
+    """CMDM for a full `cmdm.config.Config` (model section + data.use_contacts, contact joints,
+    diffusion.steps)."""
+    return CMDM.from_config(cfg.model, use_contacts=cfg.data.use_contacts,
+                            contact_channels=len(cfg.data.contact_joints),
+                            num_timesteps=cfg.diffusion.steps, load_text_encoder=load_text_encoder)
