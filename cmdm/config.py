@@ -426,6 +426,11 @@ def _check_cross_fields(cfg: Config, origin: dict):
         fail(["data.max_frames", "data.min_motion_len"],
              f"data.max_frames = {d.max_frames} is shorter than data.min_motion_len = {d.min_motion_len}",
              "set data.max_frames >= data.min_motion_len, e.g. data.max_frames=196")
+    if cfg.training.eval_num_samples < e.batch_size:
+        fail(["training.eval_num_samples", "evaluation.batch_size"],
+             f"training.eval_num_samples = {cfg.training.eval_num_samples} is smaller than one R-precision batch "
+             f"(evaluation.batch_size = {e.batch_size})",
+             "evaluate at least one batch, e.g. training.eval_num_samples=500 (the metrics use batches of 32)")
     if d.use_contacts and not d.contact_joints:
         fail(["data.contact_joints", "data.use_contacts"], "data.contact_joints is empty while "
              "data.use_contacts is true", "list joints, e.g. data.contact_joints=[0,10,11,12,20,21], "

@@ -135,20 +135,17 @@ def test_stable_yaml_is_the_guide_recipe():
 
 
 def test_demo_yaml_loads_and_is_small():
-    cfg = load_config(DEMO)
+    """The demo runs the stable recipe's machinery on the embedded data, sized down for a CPU."""
+    cfg, stable = load_config(DEMO), load_config(STABLE)
     m, t = cfg.model, cfg.training
     assert cfg.name == "CMDM-Demo"
     assert cfg.data.name == "synthetic" and cfg.data.root == "data/synthetic"
-    assert cfg.data.contact_num_points == 1024
-    assert m.latent_dim == 128 and m.num_layers == [1, 1, 1, 1] and m.num_heads == 4
-    assert m.dim_feedforward == 256 and m.condition_embedder.num_latents == 16
-    assert m.condition_embedder.contact_num_tokens == 32 and m.condition_embedder.contact_dim == 64
-    assert cfg.diffusion.steps == 1000
-    assert t.lr == 2e-4 and t.warmup_steps == 100 and t.max_epochs == 30
-    assert t.eval_every_epochs == 5 and t.eval_num_samples == 256 and t.log_every_steps == 20
-    assert t.early_stopping.patience == 3
-    assert cfg.task.train.batch_size == 32
-    assert cfg.evaluation.sampler == "ddim" and cfg.evaluation.ddim_steps == 50
+    assert cfg.data.contact_num_points < stable.data.contact_num_points
+    assert m.arch == "dit" and m.latent_dim < stable.model.latent_dim and m.latent_dim % m.num_heads == 0
+    assert m.condition_embedder.fusion_method == "cross_attn" and m.condition_embedder.use_cross_attn_pooling
+    assert t.max_epochs <= 10 and t.eval_every_epochs <= t.max_epochs and t.eval_num_samples >= 32
+    assert t.early_stopping.enabled and t.save_best and t.best_metric == "fid" and t.lr_scheduler == "cosine"
+    assert cfg.evaluation.sampler == "ddim" and cfg.ray.cpus_per_worker == 2
 
 
 # ---------------------------------------------------------------- errors
@@ -427,3 +424,8 @@ def test_main_and_load_config_or_exit_in_process(capsys):
         load_config_or_exit(STABLE, ["model.arch=dti"])
     assert info.value.code == 2
     assert capsys.readouterr().err.startswith("error: command line (`model.arch=dti`)")
+
+
+def test_eval_samples_must_fill_one_r_precision_batch():
+    with pytest.raises(ConfigError, match=r"training.eval_num_samples = 16 .*evaluation.batch_size = 32"):
+        load_config("configs/demo.yaml", ["training.eval_num_samples=16"])

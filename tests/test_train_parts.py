@@ -1,0 +1,83 @@
+"""The recipe's pieces in isolation: lr schedule, EMA, best tracking / early stopping, atomic best pair."""
+import json
+import math
+
+import pytest
+import torch
+
+from cmdm.config import load_config
+from cmdm.train import BestTracker, EMA, RunFiles, lr_factor, reconcile_best, save_best
+
+
+def test_warmup_is_linear_then_cosine_reaches_zero():
+    total, warm = 1000, 100
+    assert lr_factor(0, warm, total, "cosine") == pytest.approx(1 / 100)
+    assert lr_factor(49, warm, total, "cosine") == pytest.approx(0.5)
+    assert lr_factor(99, warm, total, "cosine") == pytest.approx(1.0)
+    assert lr_factor(100, warm, total, "cosine") == pytest.approx(1.0)
+    mid = warm + (total - warm) // 2
+    assert lr_factor(mid, warm, total, "cosine") == pytest.approx(0.5)
+    assert lr_factor(total, warm, total, "cosine") == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(550, warm, total, "linear") == pytest.approx(0.5)
+    assert lr_factor(999, warm, total, "constant") == 1.0
+    assert lr_factor(10, 0, total, "constant") == 1.0
+
+
+def test_scheduler_state_resumes_at_the_same_lr():
+    model = torch.nn.Linear(2, 2)
+    make = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, 10, 100, "cosine"))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = make(opt)
+    for _ in range(37):
+        opt.step()
+        sched.step()
+    opt2 = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched2 = make(opt2)
+    opt2.load_state_dict(opt.state_dict())
+    sched2.load_state_dict(sched.state_dict())
+    assert sched2.get_last_lr() == sched.get_last_lr()
+    opt.step(); sched.step(); opt2.step(); sched2.step()
+    assert sched2.get_last_lr()[0] == pytest.approx(1e-3 * lr_factor(38, 10, 100, "cosine"))
+
+
+def test_ema_tracks_the_average_and_swaps_back():
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = EMA(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)            # 0.5 * 0 + 0.5 * 1
+    ema.update(model)            # 0.5 * 0.5 + 0.5 * 1
+    assert ema.shadow["weight"].item() == pytest.approx(0.75)
+    with ema.applied(model):
+        assert model.weight.item() == pytest.approx(0.75)
+    assert model.weight.item() == 1.0
+
+
+def test_best_tracker_fid_lower_is_better_and_patience_counts_min_delta():
+    t = BestTracker("fid", min_delta=0.01)
+    assert t.update(1.0, 10) and t.bad_evals == 0
+    assert t.update(0.995, 20)          # a new best, but not by more than min_delta
+    assert t.bad_evals == 1
+    assert not t.update(1.2, 30) and t.bad_evals == 2
+    assert t.update(0.5, 40) and t.bad_evals == 0 and t.best_step == 40
+    top = BestTracker("top1", min_delta=0.0)
+    assert top.update(0.3, 1) and not top.update(0.2, 2) and top.update(0.4, 3)
+
+
+def test_best_pair_is_written_together_and_repaired(tmp_path):
+    cfg = load_config("configs/demo.yaml")
+    files = RunFiles(tmp_path)
+    record = {"fid": 0.5, "top1": 0.3, "step": 100, "epoch": 2, "best_metric": "fid", "config_hash": "abc"}
+    save_best(files, {"w": torch.ones(2)}, record, cfg)
+    assert json.loads(files.best_json.read_text()) == record
+    saved = torch.load(files.best, weights_only=True)
+    assert saved["metrics"] == record and torch.equal(saved["model"]["w"], torch.ones(2))
+    assert not [p for p in files.checkpoints.iterdir() if p.name.startswith(".")]  # no temp file left
+    # A crash between the two renames leaves a stale json: the .pt is the truth and the json is repaired.
+    files.best_json.write_text(json.dumps({**record, "fid": 9.0}))
+    assert reconcile_best(files) == record
+    assert json.loads(files.best_json.read_text()) == record
+    files.best_json.unlink()
+    assert reconcile_best(files) == record and files.best_json.is_file()

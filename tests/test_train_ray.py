@@ -1,0 +1,149 @@
+"""train_ray.py end to end on Ray (tiny model, tiny synthetic data): the guide's outputs, best-pair, resume after
+SIGKILL, a worker failure retried from the last checkpoint (2 DDP workers), non-finite stop, fine-tune init.
+
+Each run starts its own local Ray (~20-40 s on 2 cores); the runs are shared between tests where possible.
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A 200-clip synthetic set and an evaluator fitted on it for a few epochs (cached for the module)."""
+    from cmdm.data.synthetic import generate_dataset
+    from cmdm.evaluation.fit import FitConfig, ensure_evaluator
+    base = tmp_path_factory.mktemp("tiny")
+    data = generate_dataset(base / "data", num_clips=200, seed=0, num_points=256, progress=False)
+    ensure_evaluator(data, base / "evaluator", progress=False, cfg=FitConfig(epochs=3, ae_epochs=0),
+                     log=lambda *a: None)
+    return base
+
+
+def overrides(tiny, **extra):
+    values = {
+        "output_root": tiny / "outputs", "data.root": tiny / "data", "data.synthetic_num_clips": 200,
+        "data.contact_num_points": 64, "evaluation.evaluator_dir": tiny / "evaluator",
+        "model.latent_dim": 32, "model.num_layers": "[1,1]", "model.num_heads": 2, "model.dim_feedforward": 64,
+        "model.condition_embedder.num_latents": 4, "model.condition_embedder.contact_num_tokens": 8,
+        "model.condition_embedder.contact_dim": 16, "diffusion.steps": 100, "training.max_epochs": 2,
+        "training.eval_every_epochs": 1, "training.eval_num_samples": 32, "training.warmup_steps": 5,
+        "training.log_every_steps": 5, "evaluation.ddim_steps": 5, "task.train.batch_size": 8,
+        "task.train.num_workers": 0, "ray.cpus_per_worker": 1,
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def train(tiny, name, *args, env=None, **extra):
+    cmd = [sys.executable, "train_ray.py", "configs/demo.yaml", "--name", name, *overrides(tiny, **extra), *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def finished(tiny):
+    proc = train(tiny, "run")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return tiny / "outputs" / "run", proc
+
+
+def test_run_writes_the_guides_layout_and_lines(finished):
+    run, proc = finished
+    log = (run / "logs" / "runtime.log").read_text()
+    assert re.search(r"\[TRAIN\] ==> Epoch:\s+1 \| Iter:\s+5 \| Step:\s+5 \| Loss:\s+[\d.]+ \| Grad:\s+[\d.]+ \| "
+                     r"LR: \d\.\d\de-\d\d", log)
+    assert re.search(r"Epoch\s+2 completed\. Avg Loss: [\d.]+", log)
+    assert re.search(r"\[EVAL\] FID: [\d.]+ Top1: [\d.]+ Top2: [\d.]+ Top3: [\d.]+", log)
+    assert re.search(r"✓ Best model saved! FID: [\d.]+ \(Step: \d+\)", log)
+    assert "Ray dashboard: http://127.0.0.1:" in proc.stdout
+    best = json.loads((run / "checkpoints" / "best_metrics.json").read_text())
+    saved = torch.load(run / "checkpoints" / "model_best.pt", weights_only=True)
+    assert saved["metrics"] == best and best["best_metric"] == "fid" and len(best["config_hash"]) == 12
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert last["step"] == 2 * 32 and last["epoch"] == 2 and {"optimizer", "scheduler", "rng"} <= set(last)
+    status = json.loads((run / "status.json").read_text())
+    assert status["stop_reason"] == "finished" and status["best"] == best["fid"]
+    assert (run / "config.yaml").is_file() and any((run / "ray").iterdir())
+
+
+def test_tensorboard_has_curves_metrics_and_a_rendered_motion(finished):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run, _ = finished
+    acc = EventAccumulator(str(run / "logs"), size_guidance={"images": 0}).Reload()
+    tags = acc.Tags()
+    assert {"train/loss", "train/grad_norm", "train/lr", "eval/fid", "eval/top1", "eval/top3"} <= set(tags["scalars"])
+    assert "samples/generated" in tags["images"]
+    assert len(acc.Scalars("eval/fid")) == 2
+
+
+def test_sigkill_then_rerun_resumes_at_the_same_step_and_lr(tiny):
+    cmd = [sys.executable, "train_ray.py", "configs/demo.yaml", "--name", "killed",
+           *overrides(tiny, **{"training.max_epochs": 3})]
+    last = tiny / "outputs" / "killed" / "checkpoints" / "last.pt"
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)          # the driver and everything in its session, at once
+    proc.wait()
+    assert last.exists(), "the run never wrote last.pt"
+    killed_at = torch.load(last, weights_only=True)
+    assert killed_at["epoch"] < 3
+    time.sleep(2)
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    log = (tiny / "outputs" / "killed" / "logs" / "runtime.log").read_text()
+    resumed = re.findall(r"Resumed from \S+ at epoch (\d+), step (\d+), lr ([\d.e+-]+)", log)
+    assert resumed, log[-2000:]
+    epoch, step, lr = resumed[-1]
+    assert int(step) >= killed_at["step"] and int(epoch) >= killed_at["epoch"]
+    final = torch.load(last, weights_only=True)
+    assert final["step"] == 3 * 32 and final["epoch"] == 3          # the same end as an uninterrupted run
+    from cmdm.train import lr_factor
+    assert float(lr) == pytest.approx(2e-4 * lr_factor(int(step), 5, 96, "cosine"), rel=1e-2)
+
+
+def test_worker_failure_is_retried_from_the_last_checkpoint_with_two_ddp_workers(tiny):
+    proc = train(tiny, "retry", env={"CMDM_INJECT_FAILURE_AT_STEP": "40"},
+                 **{"ray.num_workers": 2, "ray.max_failures": 1, "task.train.batch_size": 4})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "injected failure at step 40" in out
+    log = (tiny / "outputs" / "retry" / "logs" / "runtime.log").read_text()
+    assert "2 worker(s)" in log and re.search(r"Resumed from \S+ at epoch 1, step 32", log)
+    assert torch.load(tiny / "outputs" / "retry" / "checkpoints" / "last.pt", weights_only=True)["step"] == 64
+
+
+def test_non_finite_loss_stops_with_the_remedy(tiny):
+    proc = train(tiny, "nan", **{"training.lr": "1e30", "training.grad_clip": 0})
+    assert proc.returncode == 1
+    assert "non-finite" in proc.stderr
+    log = (tiny / "outputs" / "nan" / "logs" / "runtime.log").read_text()
+    assert re.search(r"Non-finite (loss|gradient norm) at epoch 1, step \d+", log)
+    assert "lower training.lr" in log and "training.grad_clip=0.5" in log
+
+
+def test_resume_from_another_arch_partially_and_a_bad_file(finished, tiny, tmp_path):
+    run, _ = finished
+    best = run / "checkpoints" / "model_best.pt"
+    proc = train(tiny, "finetune", "--resume-from", str(best), "--partial",
+                 **{"model.arch": "trans_enc", "training.max_epochs": 1})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = (tiny / "outputs" / "finetune" / "logs" / "runtime.log").read_text()
+    assert re.search(r"Initialised weights from .*model_best.pt: matched \d+ \| missing \d+", log)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    proc = train(tiny, "bad", "--resume-from", str(bad))
+    assert proc.returncode == 2 and "bad.pt" in proc.stderr and "Traceback" not in proc.stderr
