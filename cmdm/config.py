@@ -84,7 +84,7 @@ class TextModelConfig:
 class ConditionEmbedderConfig:
     use_cross_attn_pooling: bool = True           # pool condition tokens with learnable latents (Perceiver style)
     num_latents: int = bounded(64, ge=1)          # number of those latents
-    fusion_method: Literal["cross_attn", "concat"] = "cross_attn"  # how text and contact tokens are joined
+    fusion_method: Literal["cross_attn", "concat"] = "cross_attn"  # DiT reaches the condition tokens by cross-attention in each block, or concatenated to the motion
     contact_num_tokens: int = bounded(128, ge=1)  # tokens out of the point encoder
     contact_dim: int = bounded(256, ge=1)         # width of those tokens before the projection to latent_dim
 

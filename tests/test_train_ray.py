@@ -16,6 +16,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+STEPS = 16  # steps per epoch: 261 training clips of the 200-clip set, 16 per step (one worker or two of 8)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def overrides(tiny, **extra):
         "model.condition_embedder.num_latents": 4, "model.condition_embedder.contact_num_tokens": 8,
         "model.condition_embedder.contact_dim": 16, "diffusion.steps": 100, "training.max_epochs": 2,
         "training.eval_every_epochs": 1, "training.eval_num_samples": 32, "training.warmup_steps": 5,
-        "training.log_every_steps": 5, "evaluation.ddim_steps": 5, "task.train.batch_size": 8,
+        "training.log_every_steps": 5, "evaluation.ddim_steps": 5, "task.train.batch_size": 16,
         "task.train.num_workers": 0, "ray.cpus_per_worker": 1,
     }
     values.update(extra)
@@ -71,7 +72,7 @@ def test_run_writes_the_guides_layout_and_lines(finished):
     saved = torch.load(run / "checkpoints" / "model_best.pt", weights_only=True)
     assert saved["metrics"] == best and best["best_metric"] == "fid" and len(best["config_hash"]) == 12
     last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-    assert last["step"] == 2 * 32 and last["epoch"] == 2 and {"optimizer", "scheduler", "rng"} <= set(last)
+    assert last["step"] == 2 * STEPS and last["epoch"] == 2 and {"optimizer", "scheduler", "rng"} <= set(last)
     status = json.loads((run / "status.json").read_text())
     assert status["stop_reason"] == "finished" and status["best"] == best["fid"]
     assert (run / "config.yaml").is_file() and any((run / "ray").iterdir())
@@ -110,20 +111,20 @@ def test_sigkill_then_rerun_resumes_at_the_same_step_and_lr(tiny):
     epoch, step, lr = resumed[-1]
     assert int(step) >= killed_at["step"] and int(epoch) >= killed_at["epoch"]
     final = torch.load(last, weights_only=True)
-    assert final["step"] == 3 * 32 and final["epoch"] == 3          # the same end as an uninterrupted run
+    assert final["step"] == 3 * STEPS and final["epoch"] == 3          # the same end as an uninterrupted run
     from cmdm.train import lr_factor
-    assert float(lr) == pytest.approx(2e-4 * lr_factor(int(step), 5, 96, "cosine"), rel=1e-2)
+    assert float(lr) == pytest.approx(5e-4 * lr_factor(int(step), 5, 3 * STEPS, "cosine"), rel=1e-2)
 
 
 def test_worker_failure_is_retried_from_the_last_checkpoint_with_two_ddp_workers(tiny):
-    proc = train(tiny, "retry", env={"CMDM_INJECT_FAILURE_AT_STEP": "40"},
-                 **{"ray.num_workers": 2, "ray.max_failures": 1, "task.train.batch_size": 4})
+    proc = train(tiny, "retry", env={"CMDM_INJECT_FAILURE_AT_STEP": "20"},
+                 **{"ray.num_workers": 2, "ray.max_failures": 1, "task.train.batch_size": 8})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
-    assert "injected failure at step 40" in out
+    assert "injected failure at step 20" in out
     log = (tiny / "outputs" / "retry" / "logs" / "runtime.log").read_text()
-    assert "2 worker(s)" in log and re.search(r"Resumed from \S+ at epoch 1, step 32", log)
-    assert torch.load(tiny / "outputs" / "retry" / "checkpoints" / "last.pt", weights_only=True)["step"] == 64
+    assert "2 worker(s)" in log and re.search(rf"Resumed from \S+ at epoch 1, step {STEPS}", log)
+    assert torch.load(tiny / "outputs" / "retry" / "checkpoints" / "last.pt", weights_only=True)["step"] == 2 * STEPS
 
 
 def test_non_finite_loss_stops_with_the_remedy(tiny):
