@@ -148,3 +148,21 @@ def test_resume_from_another_arch_partially_and_a_bad_file(finished, tiny, tmp_p
     bad.write_bytes(b"not a checkpoint")
     proc = train(tiny, "bad", "--resume-from", str(bad))
     assert proc.returncode == 2 and "bad.pt" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_evaluate_cli_prints_the_table_and_writes_json(finished, tmp_path):
+    run, _ = finished
+    out = tmp_path / "eval.json"
+    proc = subprocess.run([sys.executable, "-m", "cmdm.evaluate", str(run / "checkpoints" / "model_best.pt"),
+                           "--samples", "32", "--steps", "5", "--replications", "2", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert re.search(r"ground truth\s+[\d.]+ ±[\d.]+", proc.stdout) and re.search(r"model\s+[\d.]+ ±", proc.stdout)
+    result = json.loads(out.read_text())
+    assert result["replications"] == 2 and result["num_samples"] == 32 and result["sampler"] == "ddim"
+    gt, model = result["rows"]["ground truth"], result["rows"]["model"]
+    assert gt["fid"]["mean"] < model["fid"]["mean"]            # real motions sit closer to real motions
+    assert all(k in model for k in ("top1", "top2", "top3", "fid", "mm_dist"))
+    bad = subprocess.run([sys.executable, "-m", "cmdm.evaluate", str(tmp_path / "missing.pt")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "missing.pt" in bad.stderr and "Traceback" not in bad.stderr
