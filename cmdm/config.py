@@ -23,7 +23,6 @@ import math
 import operator
 import os
 import sys
-import tempfile
 import typing
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -587,17 +586,9 @@ def config_to_yaml(cfg: Config) -> str:
 
 
 def save_config(cfg: Config, path: str) -> None:
-    """Write the config as YAML atomically (temp file in the same folder + os.replace)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".config-", suffix=".yaml.tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(f"# CMDM config, config_hash {config_hash(cfg)}\n{config_to_yaml(cfg)}")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Write the config as YAML atomically (temp file in the same folder + rename)."""
+    from cmdm.atomic import atomic_write_text
+    atomic_write_text(path, f"# CMDM config, config_hash {config_hash(cfg)}\n{config_to_yaml(cfg)}")
 
 
 def config_hash(cfg: Config) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cmdm.atomic import atomic_write_text
 from cmdm.data.humanml3d import collate
 
 TABLE_KEYS = ("top1", "top2", "top3", "fid", "mm_dist", "diversity", "multimodality")
@@ -201,7 +201,7 @@ def main(argv=None) -> int:
     result = {"checkpoint": str(args.checkpoint), "sampler": sampler, "steps": steps, "guidance": guidance,
               "replications": reps, "num_samples": len(idx), "seconds": seconds,
               "rows": {n: {k: {"mean": m, "half_width": h} for k, (m, h) in s.items()} for n, s in summary.items()}}
-    write_json_atomic(out, result)
+    atomic_write_text(out, json.dumps(result, indent=2))
     print(f"results: {out}")
     return 0
 
@@ -210,14 +210,6 @@ def _real_batch(dataset, indices):
     items = [dataset[i] for i in indices]
     motion = dataset.denormalize(torch.stack([it["motion"] for it in items]))
     return motion, torch.tensor([it["length"] for it in items])
-
-
-def write_json_atomic(path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

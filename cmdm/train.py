@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
+from cmdm.atomic import atomic_torch_save, atomic_write_text
 from cmdm.config import Config, config_from_dict, config_hash, config_to_dict, save_config
 from cmdm.data.humanml3d import collate, dataset_from_config
 
@@ -122,29 +123,8 @@ class BestTracker:
 
 
 # ----------------------------------------------------------------------------
-# Files: atomic writes, the output folder
+# Files: the output folder and the best pair
 # ----------------------------------------------------------------------------
-
-def atomic_torch_save(obj, path: Path) -> None:
-    """Write to a temp file in the same folder, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
 
 class RunFiles:
     """Paths of one run's output folder."""

@@ -49,7 +49,8 @@ from tqdm import tqdm
 from cmdm.data.humanml3d import MotionDataset
 from cmdm.evaluation import metrics
 from cmdm.evaluation.evaluator import EVALUATOR_FILE, FORMAT, FORMAT_VERSION, Evaluator
-from cmdm.evaluation.networks import EvaluatorSizes, MovementConvDecoder, atomic_torch_save, build_encoders, read_checkpoint
+from cmdm.atomic import atomic_torch_save
+from cmdm.evaluation.networks import EvaluatorSizes, MovementConvDecoder, build_encoders, read_checkpoint
 from cmdm.evaluation.word_vectorizer import WordVocabulary
 
 # Widths of the fitted evaluator: a quarter of the official one, so it trains in minutes on a CPU.

@@ -13,12 +13,11 @@ Sizes are arguments: a smaller evaluator for other data (`cmdm.evaluation.fit`) 
 """
 from __future__ import annotations
 
-import io
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
+
 import torch.nn as nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
@@ -220,14 +219,3 @@ def load_encoders(encoders: dict[str, nn.Module], ckpt: dict, path) -> None:
             )
         check_state_dict(module, ckpt[entry], path, entry)
         module.load_state_dict(ckpt[entry], strict=True)
-
-
-def atomic_torch_save(obj, path: str | Path):
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(path)
