@@ -27,7 +27,7 @@ import random
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -411,9 +411,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if (epoch + 1) % tr.eval_every_epochs == 0 or last_epoch:
             if evaluator is None:
                 evaluator = load_evaluator(cfg, device=device, progress=is_main)
-            net = model
-            with (ema.applied(model) if ema is not None else _nullcontext()):
-                shard = embed_generations(net, diffusion, test_set, eval_idx[rank::world], evaluator,
+            with (ema.applied(model) if ema is not None else nullcontext()):
+                shard = embed_generations(model, diffusion, test_set, eval_idx[rank::world], evaluator,
                                           sampler=cfg.evaluation.sampler, steps=cfg.evaluation.ddim_steps,
                                           eta=cfg.evaluation.ddim_eta, guidance_scale=cfg.evaluation.guidance_scale,
                                           batch_size=cfg.evaluation.batch_size, seed=cfg.seed)
@@ -482,11 +481,6 @@ def _same_fs(a: Path, b: str) -> bool:
         return os.stat(a).st_dev == os.stat(b).st_dev
     except OSError:
         return False
-
-
-@contextmanager
-def _nullcontext():
-    yield
 
 
 def _log_sample(writer, sample, step) -> None:
