@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     cfg = load_config_or_exit(args.config, overrides)
 
     from cmdm.data.humanml3d import DataError
+    from cmdm.evaluation.networks import CheckpointError as EvaluatorFilesError
     from cmdm.model.checkpoint import CheckpointError, read_checkpoint
     from cmdm.train import run_training
     if args.resume_from:
@@ -47,6 +48,9 @@ def main(argv=None) -> int:
         metrics = run_training(cfg, init_from=args.resume_from, partial=args.partial)
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except EvaluatorFilesError as err:
+        print(f"error: evaluation.evaluator_dir / glove_dir: {err}", file=sys.stderr)
         return 2
     stop = metrics["stop_reason"]
     best = "none yet" if metrics["best"] is None else \

@@ -1,9 +1,66 @@
-"""`python tune_ray.py SWEEP.yaml`: a Ray Tune sweep (Optuna TPE + ASHA) over CMDM runs (issue 6, not built yet)."""
+"""A CMDM sweep on Ray Tune: Optuna (TPE) proposes, ASHA stops the weak, the guide's rules steer.
+
+    python tune_ray.py SWEEP.yaml [key=value ...] [--address ADDR] [--resume]
+    python tune_ray.py export SWEEP_DIR [--out DIR]
+
+Examples:
+    python tune_ray.py sweeps/demo.yaml                      # the embedded dataset, CPU, <= 15 minutes
+    python tune_ray.py sweeps/stable.yaml                    # HumanML3D, the stable recipe's space
+    python tune_ray.py sweeps/demo.yaml num_samples=4 base.training.max_epochs=2   # sweep / base-config overrides
+    python tune_ray.py sweeps/demo.yaml --resume             # continue an interrupted sweep
+    python tune_ray.py export outputs/CMDM-Demo-Sweep        # best trial -> outputs/CMDM-Demo-Sweep/best/
+
+Overrides without a prefix set keys of the sweep file (num_samples, max_concurrent_trials, name, seed, ...);
+`base.<dotted key>` sets a key of every trial's training config.
+"""
+import argparse
 import sys
 
+
+def export_main(argv) -> int:
+    p = argparse.ArgumentParser(prog="python tune_ray.py export",
+                                description="Copy the best trial's model_best.pt, best_metrics.json and config.yaml.")
+    p.add_argument("sweep_dir", help="the sweep folder, e.g. outputs/CMDM-Demo-Sweep")
+    p.add_argument("--out", help="destination folder (default: SWEEP_DIR/best)")
+    args = p.parse_args(argv)
+    from cmdm.tune import export_best
+    out = export_best(args.sweep_dir, args.out)
+    print(f"Exported the best trial to {out}\n"
+          f"  evaluate:  python -m cmdm.evaluate {out / 'model_best.pt'}\n"
+          f"  fine-tune: python train_ray.py {out / 'config.yaml'} --name CMDM-Finetune "
+          f"--resume-from {out / 'model_best.pt'}")
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "export":
+        return export_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="python tune_ray.py", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("sweep", help="sweep YAML, e.g. sweeps/demo.yaml or sweeps/stable.yaml")
+    parser.add_argument("overrides", nargs="*", help="key=value on the sweep file, base.<key>=value on the trials")
+    parser.add_argument("--address", default="", help="join this Ray cluster (e.g. auto) instead of a local Ray")
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this file")
+    args = parser.parse_intermixed_args(argv)
+
+    from cmdm.sweep import SweepError, load_sweep
+    try:
+        sweep = load_sweep(args.sweep, args.overrides)
+    except SweepError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    from cmdm.data.humanml3d import DataError
+    from cmdm.evaluation.networks import CheckpointError
+    from cmdm.tune import run_sweep
+    try:
+        summary = run_sweep(sweep, address=args.address, resume=args.resume)
+    except (DataError, CheckpointError) as err:
+        print(f"error: {err} To try sweeps without HumanML3D: python tune_ray.py sweeps/demo.yaml", file=sys.stderr)
+        return 2
+    return 0 if summary["best_trial"] else 1
+
+
 if __name__ == "__main__":
-    sys.exit(
-        "tune_ray.py is not built yet: sweeps arrive with the sweep issue, after training. Today you can "
-        "generate and preview the embedded dataset (python -m cmdm.data.synthetic --out data/synthetic "
-        "--preview 6) and check a config (python -m cmdm.config configs/stable.yaml key=value ...)."
-    )
+    sys.exit(main())

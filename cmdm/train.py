@@ -296,6 +296,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     # -------- model, optimiser, schedule
     model = build_model(cfg).to(device)
+    if model.text_encoder is not None and text_cache_path(cfg).is_file():
+        model.text_encoder.load_cache(text_cache_path(cfg))
     diffusion = build_diffusion(cfg.diffusion)
     step_module = ray_torch.prepare_model(TrainStep(model, diffusion), move_to_device=False) if world > 1 \
         else TrainStep(model, diffusion)
@@ -362,9 +364,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
         sampler.set_epoch(epoch)
         step_module.train()
         epoch_loss, epoch_batches, t_epoch = 0.0, 0, time.time()
+        grad_sum, grad_max = 0.0, 0.0
         for it, batch in enumerate(loader, start=1):
             if fail_at >= 0 and step == fail_at and ray_ckpt is None and ctx.get_world_rank() == 0:
-                raise RuntimeError(f"injected failure at step {step} (CMDM_INJECT_FAILURE_AT_STEP)")
+                raise RuntimeError(os.environ.get("CMDM_INJECT_FAILURE_MESSAGE")
+                                   or f"injected failure at step {step} (CMDM_INJECT_FAILURE_AT_STEP)")
             loss = step_module(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -385,6 +389,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             step += 1
             epoch_loss += loss_value
             epoch_batches += 1
+            grad_sum, grad_max = grad_sum + float(grad), max(grad_max, float(grad))
             if is_main and (step % tr.log_every_steps == 0 or it == steps_per_epoch):
                 lr_now = scheduler.get_last_lr()[0]
                 log.info(f"[TRAIN] ==> Epoch: {epoch + 1:3d} | Iter: {it:5d} | Step: {step:7d} | "
@@ -404,11 +409,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
             log.info(f"Epoch {epoch + 1:3d} completed. Avg Loss: {avg_loss:.6f} ({epoch_seconds:.1f} s)")
             writer.add_scalar("train/epoch_loss", avg_loss, step)
         metrics = {"epoch": epoch + 1, "step": step, "loss": avg_loss, "lr": scheduler.get_last_lr()[0],
+                   "grad_norm": grad_sum / max(1, epoch_batches), "grad_norm_max": grad_max,
                    "epoch_seconds": epoch_seconds}
 
         # -------- evaluation
         last_epoch = epoch + 1 == tr.max_epochs or stop_reason == "max_steps"
         if (epoch + 1) % tr.eval_every_epochs == 0 or last_epoch:
+            t_eval = time.time()
             if evaluator is None:
                 evaluator = load_evaluator(cfg, device=device, progress=is_main)
             with (ema.applied(model) if ema is not None else nullcontext()):
@@ -423,6 +430,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             evaluations += 1
             metrics.update({k: v for k, v in result.items() if v is not None})
             metrics["evaluations"] = evaluations
+            metrics["eval_seconds"] = time.time() - t_eval
             improved = best.update(result[tr.best_metric], step)
             if is_main:
                 log.info(f"[EVAL] FID: {result['fid']:.4f} Top1: {result['top1']:.4f} Top2: {result['top2']:.4f} "
@@ -467,8 +475,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         epochs_done = epoch + 1
 
     if stop_reason == "diverged":
-        ray.train.report({"epoch": epochs_done + 1, "step": step, "stop_reason": "diverged", "evaluations": evaluations,
-                          **last_metrics})
+        ray.train.report({**last_metrics, "epoch": epochs_done + 1, "step": step, "stop_reason": "diverged",
+                          "evaluations": evaluations, "loss": loss_value, "grad_norm_max": float(grad)})
     if is_main:
         status = {"stop_reason": stop_reason or "finished", "epoch": epochs_done, "step": step, "evaluations": evaluations, "best_metric": tr.best_metric,
                   "best": best.best, "best_step": best.best_step, "last_metrics": last_metrics}
@@ -563,6 +571,36 @@ def prepare(cfg: Config, log=print) -> None:
                         f"R-precision batch (evaluation.batch_size = {cfg.evaluation.batch_size}): add test clips "
                         "(for the synthetic set: a larger data.synthetic_num_clips).")
     load_evaluator(cfg, device="cpu", progress=True)  # builds and caches a fitted evaluator if needed
+    prepare_text_features(cfg, log=log)
+
+
+def text_cache_path(cfg: Config) -> Path:
+    from cmdm.model.text import cache_file_name
+    tm = cfg.model.text_model
+    return Path(cfg.data.root) / "text_features" / cache_file_name(tm.name, tm.max_length, tm.output)
+
+
+def prepare_text_features(cfg: Config, log=print) -> Path | None:
+    """Encode every train/test caption once with the frozen text encoder and keep the features next to the
+    data, so no run or sweep trial spends its first epoch re-encoding them. None if the folder is read-only."""
+    path = text_cache_path(cfg)
+    if path.is_file() or cfg.model.text_model.output != "pooled":   # per-token features would be GBs on disk
+        return path if path.is_file() else None
+    from tqdm import tqdm
+    from cmdm.model.text import TextEncoder
+    tm = cfg.model.text_model
+    captions = sorted({c.text for split in ("train", "test")
+                       for e in dataset_from_config(cfg.data, split, train=False, progress=False).entries
+                       for c in e.captions})
+    encoder = TextEncoder(tm.name, tm.max_length, tm.output)
+    for i in tqdm(range(0, len(captions), 256), desc="text features", unit="x256 captions"):
+        encoder.encode(captions[i:i + 256])
+    try:
+        encoder.save_cache(path)
+    except OSError as err:
+        log(f"[text] could not cache caption features in {path.parent} ({err}); each run will encode them")
+        return None
+    return path
 
 
 def run_training(cfg: Config, *, init_from: str | None = None, partial: bool = False) -> dict:

@@ -269,6 +269,19 @@ def test_text_cache_and_batch_independence(minilm):
     assert torch.allclose(c[0], a[0], atol=1e-5)
 
 
+def test_text_features_saved_to_disk_load_into_a_fresh_encoder(minilm, tmp_path):
+    caps = ["a person jumps", "a person sits down on a chair", "someone waves"]
+    minilm.clear_cache()
+    ref, _ = minilm.encode(caps)
+    path = tmp_path / minilm.cache_name()
+    minilm.save_cache(path)
+    fresh = TextEncoder("all-minilm-l6-v2", max_length=20, output="pooled")
+    assert fresh.load_cache(path) == 3
+    got, _ = fresh.encode(caps)
+    assert fresh.num_encoded == 0 and torch.equal(got, ref)      # every caption came from the file
+    assert path.name == "all-minilm-l6-v2-len20-pooled.pt"
+
+
 @pytest.fixture(scope="module")
 def minilm_tokens():
     return TextEncoder("all-minilm-l6-v2", max_length=5, output="tokens")

@@ -28,11 +28,19 @@ import json
 import os
 from collections import OrderedDict
 
+from pathlib import Path
+
 import torch
 
 BUILTIN = ("all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
 AFFORD_MOTION_NAMES = {"vit-b/32": "openai/clip-vit-base-patch32",
                        "vit-l/14@336px": "openai/clip-vit-large-patch14-336"}
+
+
+def cache_file_name(name: str, max_length: int, output: str) -> str:
+    """File name of an encoder's cached caption features: model name, max_length and output mode decide them."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in (Path(name).name or name))
+    return f"{safe}-len{max_length}-{output}.pt"
 
 
 def resolve_text_model(name: str) -> str:
@@ -207,3 +215,28 @@ class TextEncoder:
 
     def clear_cache(self):
         self._cache.clear()
+
+    # ------------------------------------------------------------------ disk cache of caption features
+    # The encoder is frozen, so a caption's features never change: encode a dataset's captions once and
+    # let every run (and every trial of a sweep) start with them, instead of re-running the transformer.
+
+    def cache_name(self) -> str:
+        return cache_file_name(self.name, self.max_length, self.output)
+
+    def save_cache(self, path) -> None:
+        """The in-memory cache as one tensor + lengths + captions (atomically)."""
+        from cmdm.atomic import atomic_torch_save
+        captions = list(self._cache)
+        feats = [self._cache[c] for c in captions]
+        atomic_torch_save({"captions": captions, "lengths": torch.tensor([f.shape[0] for f in feats]),
+                           "features": torch.cat(feats) if feats else torch.zeros(0, self.dim)}, path)
+
+    def load_cache(self, path) -> int:
+        """Add the features saved by `save_cache`; returns how many captions were loaded."""
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if obj["features"].shape[-1] != self.dim:
+            raise ValueError(f"{path}: cached text features are {obj['features'].shape[-1]}-d, this encoder's "
+                             f"are {self.dim}-d; delete the file to rebuild it")
+        for caption, feat in zip(obj["captions"], torch.split(obj["features"], obj["lengths"].tolist())):
+            self._cache[caption] = feat
+        return len(obj["captions"])

@@ -1,0 +1,90 @@
+"""Does the rule-guided sweep reach the target sooner than plain random search, and what does Tune cost?
+
+    python bench/bench_sweep.py [SWEEP] [--seeds 0 1 2] [key=value ...]     (default: sweeps/demo.yaml)
+
+For each seed, the same sweep file runs twice, side by side:
+  (a) the product: Optuna TPE + the guide's priors + the trial doctor + ASHA;
+  (b) the baseline: random search, every trial trained to its last epoch (no early stopping).
+Both stop when an evaluation first meets the sweep's targets (stop_on_targets forced on).
+Reported per run: trial-epochs spent until the target was first met (every epoch of every trial reported
+before that moment), and the sweep's wall time against its trials' compute (training + evaluation seconds
+inside the loop, divided by the trials running at once). Goal: (a)/(b) <= 0.33, overhead <= 10%.
+Not a test: numbers depend on the machine. Results also go to outputs/bench_sweep.json.
+"""
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def trial_epochs_to_target(summary: dict) -> tuple[int, bool]:
+    """Epoch reports of all trials up to the first report that met every target (all of them if none did)."""
+    rows = [h for t in summary["trials"] for h in t["history"] if h.get("epoch") and h.get("timestamp")]
+    hits = [h["timestamp"] for h in rows if h.get("targets_met")]
+    if not hits:
+        return len(rows), False
+    first = min(hits)
+    return sum(1 for h in rows if h["timestamp"] <= first), True
+
+
+def overhead(summary: dict, concurrency: int) -> tuple[float, float]:
+    """(wall seconds, ideal seconds = trial compute / trials at once)."""
+    compute = sum((h.get("epoch_seconds") or 0) + (h.get("eval_seconds") or 0)
+                  for t in summary["trials"] for h in t["history"])
+    return summary["wall_seconds"], compute / max(1, concurrency)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("sweep", nargs="?", default=str(ROOT / "sweeps" / "demo.yaml"))
+    p.add_argument("overrides", nargs="*", help="sweep overrides, e.g. num_samples=8")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = p.parse_intermixed_args(argv)
+
+    from cmdm.sweep import load_sweep
+    from cmdm.tune import run_sweep
+    rows = []
+    for seed in args.seeds:
+        for strategy in ("rules", "random"):
+            sweep = load_sweep(args.sweep, [*args.overrides, f"seed={seed}"])
+            sweep.name = f"{sweep.name}-bench-{strategy}-seed{seed}"
+            sweep.stop_on_targets = True
+            if strategy == "random":
+                sweep.priors, sweep.doctor = False, False
+            shutil.rmtree(sweep.sweep_dir, ignore_errors=True)
+            t0 = time.time()
+            summary = run_sweep(sweep, strategy=strategy, log=lambda *a: None)
+            epochs, met = trial_epochs_to_target(summary)
+            wall, ideal = overhead(summary, sweep.max_concurrent_trials)
+            rows.append({"seed": seed, "strategy": strategy, "trial_epochs": epochs, "target_met": met,
+                         "trials": len(summary["trials"]), "wall_s": wall, "ideal_s": ideal,
+                         "overhead": wall / ideal - 1 if ideal else None, "total_s": time.time() - t0})
+            print(json.dumps(rows[-1]), flush=True)
+
+    print("\n| seed | (a) rules: trial-epochs | (b) random: trial-epochs | (a)/(b) | overhead (a) | overhead (b) |")
+    print("|---|---|---|---|---|---|")
+    ratios = []
+    for seed in args.seeds:
+        a = next(r for r in rows if r["seed"] == seed and r["strategy"] == "rules")
+        b = next(r for r in rows if r["seed"] == seed and r["strategy"] == "random")
+        ratio = a["trial_epochs"] / b["trial_epochs"]
+        ratios.append(ratio)
+        mark = lambda r: f"{r['trial_epochs']}{'' if r['target_met'] else ' (target not met: >=)'}"
+        print(f"| {seed} | {mark(a)} | {mark(b)} | {ratio:.2f} | {a['overhead']:.1%} | {b['overhead']:.1%} |")
+    total_a = sum(r["trial_epochs"] for r in rows if r["strategy"] == "rules")
+    total_b = sum(r["trial_epochs"] for r in rows if r["strategy"] == "random")
+    print(f"\nall seeds: (a)/(b) = {total_a}/{total_b} = {total_a / total_b:.2f} (goal <= 0.33); "
+          f"mean overhead {sum(r['overhead'] for r in rows) / len(rows):.1%} (goal <= 10%)")
+    out = ROOT / "outputs" / "bench_sweep.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

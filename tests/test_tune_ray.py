@@ -1,0 +1,190 @@
+"""tune_ray.py end to end on a local Ray (tiny model, tiny data): the rule priors run first, the summary, the
+Optuna study, the report and the export; a crashing trial does not stop the sweep; an interrupted sweep resumes.
+The searcher's remedy path is checked without Ray: a diagnosed trial makes the next suggestion its remedy.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sweep_file(tiny, tmp_path, name, space=None, base_extra=None, **top) -> Path:
+    base = {k: (str(v) if isinstance(v, Path) else v) for k, v in tiny_config(tiny, **(base_extra or {})).items()
+            if k != "output_root"}
+    base["model.num_layers"] = [1, 1]
+    doc = {"name": name, "base": str(ROOT / "configs" / "demo.yaml"), "output_root": str(tmp_path / "outputs"),
+           "overrides": base,
+           "space": space or {"training.lr": {"loguniform": [1.0e-4, 1.0e-2]}, "model.dropout": {"uniform": [0.0, 0.3]}},
+           "num_samples": 3, "max_concurrent_trials": 1, "resources": {"num_workers": 1, "cpus_per_worker": 1},
+           "scheduler": {"time_attr": "evaluations", "grace_period": 1, "reduction_factor": 2, "max_t": 4},
+           "metric": "fid", "mode": "min", "targets": {"fid": "<= 0.001"}, "seed": 0}
+    doc.update(top)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def tune(path, *args, env=None, timeout=600):
+    return subprocess.run([sys.executable, "tune_ray.py", str(path), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def swept(tiny, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    path = sweep_file(tiny, tmp, "tiny-sweep")
+    proc = tune(path)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return tmp / "outputs" / "tiny-sweep", proc
+
+
+def test_priors_run_first_and_the_summary_is_sorted(swept):
+    d, proc = swept
+    assert "Ray dashboard: http://127.0.0.1:" in proc.stdout
+    assert "Warm start" in proc.stdout and "diagnosis" in proc.stdout          # the live table has the column
+    summary = json.loads((d / "summary.json").read_text())
+    trials = summary["trials"]
+    assert len(trials) == 3
+    # demo.yaml's lr and dropout, then the guide's lr rules (x2/3, x5/3): the first three points
+    from cmdm.config import load_config
+    base = load_config(str(ROOT / "configs" / "demo.yaml"))
+    lrs = sorted(t["params"]["training.lr"] for t in trials)
+    assert lrs == pytest.approx([base.training.lr * 2 / 3, base.training.lr, base.training.lr * 5 / 3], rel=1e-3)
+    assert all(t["params"]["model.dropout"] == base.model.dropout for t in trials)
+    fids = [t["best"]["fid"] for t in trials if t["best"]]
+    assert fids == sorted(fids) and summary["best_trial"] == trials[0]["trial_id"]
+    best_json = json.loads((Path(trials[0]["run_dir"]) / "checkpoints" / "best_metrics.json").read_text())
+    assert best_json["fid"] == pytest.approx(trials[0]["best"]["fid"])
+    assert "| trial |" in (d / "summary.md").read_text() and "Best trial:" in proc.stdout
+
+
+def test_study_report_and_tensorboard_files(swept):
+    import optuna
+    d, _ = swept
+    study = optuna.load_study(study_name="tiny-sweep", storage=f"sqlite:///{d / 'optuna.db'}")
+    ran = [t for t in study.trials if t.state.is_finished()]          # the 4th prior is still queued (WAITING)
+    assert len(ran) == 3 and all("training.lr" in t.params and t.value is not None for t in ran)
+    for name in ("curves.png", "params_vs_fid.png", "best_trial/sample_0.gif"):
+        assert (d / "report" / name).stat().st_size > 1000, name
+    for run in (d / "trials").iterdir():
+        assert list((run / "logs").glob("events.out.tfevents*")) and (run / "config.yaml").is_file()
+    assert (d / "sweep.yaml").is_file() and json.loads((d / "sweep.json").read_text())["metric"] == "fid"
+
+
+def test_export_loads_in_evaluate_and_as_resume_from(swept, tmp_path):
+    d, _ = swept
+    out = tmp_path / "best"
+    proc = subprocess.run([sys.executable, "tune_ray.py", "export", str(d), "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert {p.name for p in out.iterdir()} >= {"model_best.pt", "best_metrics.json", "config.yaml"}
+    summary = json.loads((d / "summary.json").read_text())
+    assert json.loads((out / "best_metrics.json").read_text())["fid"] == pytest.approx(summary["trials"][0]["best"]["fid"])
+    ev = subprocess.run([sys.executable, "-m", "cmdm.evaluate", str(out / "model_best.pt"), "--samples", "32",
+                         "--steps", "5"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert ev.returncode == 0 and "fid" in ev.stdout, ev.stdout[-2000:] + ev.stderr[-2000:]
+    # what train_ray.py --resume-from does with it: the exported config builds the model, the weights load strictly
+    from cmdm.config import load_config
+    from cmdm.model import build_model, load_model_weights
+    cfg = load_config(str(out / "config.yaml"))
+    report = load_model_weights(build_model(cfg, load_text_encoder=False), str(out / "model_best.pt"), strict=True,
+                                verbose=False)
+    assert report.details()
+    bad = subprocess.run([sys.executable, "tune_ray.py", "export", str(tmp_path)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode != 0 and "not a sweep folder" in bad.stderr
+
+
+def test_crashing_trials_do_not_stop_the_sweep_and_are_diagnosed(tiny, tmp_path):
+    path = sweep_file(tiny, tmp_path, "oom-sweep", num_samples=2, priors=False,
+                      space={"task.train.batch_size": {"choice": [8, 16]}, "training.lr": {"loguniform": [1e-4, 1e-2]}})
+    proc = tune(path, env={"CMDM_INJECT_FAILURE_AT_STEP": "0",
+                           "CMDM_INJECT_FAILURE_MESSAGE": "CUDA out of memory. Tried to allocate 2.00 GiB"})
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]   # no trial reached an evaluation
+    summary = json.loads((tmp_path / "outputs" / "oom-sweep" / "summary.json").read_text())
+    assert len(summary["trials"]) == 2
+    for t in summary["trials"]:
+        assert t["end"] == "failed" and t["diagnosis"] == "out_of_memory" and "out of memory" in t["error"]
+    # the guide's remedy (batch x0.5) reached the searcher: the second trial is the first one at batch 8
+    remedy = json.loads((tmp_path / "outputs" / "oom-sweep" / "remedies.jsonl").read_text().splitlines()[0])
+    first, second = sorted(summary["trials"], key=lambda t: t["run_dir"] != remedy["trial_id"] and
+                           not t["run_dir"].endswith(remedy["trial_id"]))
+    assert remedy["rule"] == "out_of_memory" and remedy["from"]["task.train.batch_size"] == 16
+    assert second["params"] == remedy["point"] and remedy["point"]["task.train.batch_size"] == 8
+
+
+def test_interrupted_sweep_resumes(tiny, tmp_path):
+    path = sweep_file(tiny, tmp_path, "resume-sweep", base_extra={"training.max_epochs": 3})
+    d = tmp_path / "outputs" / "resume-sweep"
+    proc = subprocess.Popen([sys.executable, "tune_ray.py", str(path)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline:   # one trial finished and the next one has a checkpoint
+            done = list(d.glob("trials/*/status.json"))
+            lasts = [p for p in d.glob("trials/*/checkpoints/last.pt") if not (p.parents[1] / "status.json").exists()]
+            if done and lasts:
+                break
+            time.sleep(1)
+        else:
+            pytest.fail("the sweep did not get going")
+        first = done[0]
+        first_mtime = first.stat().st_mtime
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    again = tune(path)
+    assert again.returncode != 0 and "--resume" in again.stderr               # refuses to overwrite
+    resumed = tune(path, "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]
+    summary = json.loads((d / "summary.json").read_text())
+    assert len(summary["trials"]) == 3 and all(t["end"] != "failed" for t in summary["trials"])
+    assert first.stat().st_mtime == first_mtime                               # the finished trial was kept
+    logs = [(p / "logs" / "runtime.log").read_text() for p in (d / "trials").iterdir()]
+    assert any("Resumed from" in text for text in logs)                        # the unfinished one continued
+
+
+def test_a_diagnosis_makes_the_remedy_the_next_suggestion(tmp_path):
+    """No Ray: the searcher gets a result whose diagnosis is loss_oscillating at lr 1e-3; the next point it
+    suggests is that trial with lr x2/3 (the guide's 'loss oscillates -> lower lr'), queued in the study."""
+    from cmdm.sweep import load_sweep
+    from cmdm.tune import build_searcher
+    spec = {"name": "unit", "base": str(ROOT / "configs" / "demo.yaml"), "output_root": str(tmp_path),
+            "space": {"training.lr": {"loguniform": [1e-5, 1e-2]}, "model.dropout": {"uniform": [0.0, 0.3]}},
+            "metric": "fid", "mode": "min", "priors": False, "num_samples": 8, "seed": 3}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    sweep = load_sweep(path)
+    sweep.sweep_dir.mkdir(parents=True)
+    searcher, priors = build_searcher(sweep, storage_url=None)
+    assert priors == []
+    first = searcher.suggest("t1")
+    result = {"best_fid": 5.0, "training_iteration": 3, "diagnosis": "loss_oscillating",
+              "config": first}
+    searcher.on_trial_result("t1", result)
+    searcher.on_trial_complete("t1", result)
+    nxt = searcher.suggest("t2")
+    assert nxt["training.lr"] == pytest.approx(first["training.lr"] * 2 / 3, rel=1e-3)
+    assert nxt["model.dropout"] == pytest.approx(first["model.dropout"])
+    assert searcher.remedies[0]["rule"] == "loss_oscillating"
+    log = [json.loads(line) for line in (sweep.sweep_dir / "remedies.jsonl").read_text().splitlines()]
+    assert log[0]["trial_id"] == "t1" and log[0]["point"]["training.lr"] == nxt["training.lr"]
+    # a healthy result queues nothing; the same diagnosis twice is remedied once
+    searcher.on_trial_result("t2", {"best_fid": 4.0, "training_iteration": 1, "diagnosis": ""})
+    searcher.on_trial_result("t1", result)
+    assert len(searcher.remedies) == 1
