@@ -57,7 +57,9 @@ def main(argv=None) -> int:
     try:
         summary = run_sweep(sweep, address=args.address, resume=args.resume)
     except (DataError, CheckpointError) as err:
-        print(f"error: {err} To try sweeps without HumanML3D: python tune_ray.py sweeps/demo.yaml", file=sys.stderr)
+        print(f"error: {err} In a sweep, paths of the training config are set with base.<key>=... (e.g. "
+              "base.data.root=/data/HumanML3D) or under `overrides:` in the sweep file. To try sweeps without "
+              "HumanML3D: python tune_ray.py sweeps/demo.yaml", file=sys.stderr)
         return 2
     return 0 if summary["best_trial"] else 1
 

@@ -317,13 +317,12 @@ def run_sweep(sweep: Sweep, *, address: str = "", resume: bool = False, strategy
 
     if not ray.is_initialized():
         if address:
-            ray.init(address=address)
+            ctx = ray.init(address=address)
         else:
-            ray.init(include_dashboard=True, dashboard_host="127.0.0.1", resources={TRIAL_RESOURCE: 1000})
-    ctx = ray.get_runtime_context()
-    url = ctx.gcs_address and ray.worker.get_dashboard_url()
-    if url:
-        log(f"Ray dashboard: http://{url}" if not str(url).startswith("http") else f"Ray dashboard: {url}")
+            ctx = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", resources={TRIAL_RESOURCE: 1000})
+        url = getattr(ctx, "dashboard_url", None)
+        if url:
+            log(f"Ray dashboard: {url if str(url).startswith('http') else 'http://' + url}")
     driver_res = {"CPU": 0, TRIAL_RESOURCE: 1} if ray.cluster_resources().get(TRIAL_RESOURCE) else {"CPU": 0.01}
     storage_url = f"sqlite:///{d / 'optuna.db'}"
     log(f"Sweep folder: {d}\n  TensorBoard: tensorboard --logdir {d} --host 127.0.0.1\n"
@@ -343,7 +342,8 @@ def run_sweep(sweep: Sweep, *, address: str = "", resume: bool = False, strategy
         from ray.tune.search import BasicVariantGenerator
         tuner = tune.Tuner(
             trainable, param_space={k: p.to_tune() for k, p in sweep.space.items()},
-            tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(random_state=sweep.seed),
+            tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(random_state=sweep.seed,
+                                                                         max_concurrent=sweep.max_concurrent_trials),
                                         num_samples=sweep.num_samples, max_concurrent_trials=sweep.max_concurrent_trials),
             run_config=tune.RunConfig(name="tune", storage_path=str(d), stop=_stopper_class()(sweep.stop_on_targets),
                                       progress_reporter=reporter, verbose=1,
@@ -394,8 +394,10 @@ def summarise(sweep: Sweep, grid, wall_seconds: float) -> dict:
     rows = []
     for result in grid:
         history = _history(result)
+        if not history and not result.config:      # created, then the sweep ended before it started
+            continue
         evals = evaluations_of(history)
-        params = {k: result.config.get(k) for k in sweep.space}
+        params = {k: (result.config or {}).get(k) for k in sweep.space}
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
         run_dir = sweep.sweep_dir / "trials" / trial_id
         status_file = run_dir / "status.json"
@@ -478,9 +480,9 @@ def make_report(sweep: Sweep, summary: dict, num_gifs: int = 3) -> Path:
         ev = [h for h in r["history"] if h.get(sweep.metric) is not None]
         ev = {h["evaluations"]: h for h in ev if h.get("evaluations")}
         if ev:
-            ax1.plot(list(ev), [h[sweep.metric] for h in ev.values()], marker="o", label=r["trial_id"][-5:])
+            ax1.plot(list(ev), [h[sweep.metric] for h in ev.values()], marker="o", label=r["trial_id"])
         ax2.plot([h["epoch"] for h in r["history"] if h.get("loss") is not None],
-                 [h["loss"] for h in r["history"] if h.get("loss") is not None], label=r["trial_id"][-5:])
+                 [h["loss"] for h in r["history"] if h.get("loss") is not None], marker="o", label=r["trial_id"])
     ax1.set(xlabel="evaluation", ylabel=sweep.metric, title=f"{sweep.metric} per trial")
     ax2.set(xlabel="epoch", ylabel="train loss", title="loss per trial", yscale="log")
     if sweep.metric == "fid":

@@ -95,3 +95,13 @@ def test_tune_ray_cli_refuses_a_bad_file_with_exit_2(tmp_path):
     path = write(tmp_path, GOOD.replace("mode: min", "mode: lowest"))
     proc = subprocess.run([sys.executable, "tune_ray.py", str(path)], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "mode" in proc.stderr
+
+
+def test_stable_sweep_without_humanml3d_says_what_to_get_and_points_to_the_demo(tmp_path):
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "tune_ray.py", "sweeps/stable.yaml", f"base.data.root={tmp_path / 'none'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "HumanML3D" in proc.stderr and "github.com/EricGuo5513/HumanML3D" in proc.stderr
+    assert "sweeps/demo.yaml" in proc.stderr and "Traceback" not in proc.stderr
