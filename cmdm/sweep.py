@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import yaml
 
 from cmdm.config import Config, ConfigError, _read_yaml, load_config, parse_override, update_config
 

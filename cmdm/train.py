@@ -603,11 +603,30 @@ def prepare_text_features(cfg: Config, log=print) -> Path | None:
     return path
 
 
-def run_training(cfg: Config, *, init_from: str | None = None, partial: bool = False) -> dict:
-    """Run one training to its end; returns the final metrics (with 'stop_reason') and the run folder."""
+def make_trainer(cfg: Config, files: RunFiles, *, init_from: str | None = None, partial: bool = False,
+                 callbacks=()):
+    """The TorchTrainer of one run (train_ray.py) or one sweep trial: workers and their resources, Ray's
+    checkpoints under files.ray (what a retried worker group resumes from), worker-failure retries."""
     import ray.train
     from ray.train.torch import TorchTrainer
+    per_worker = {"CPU": cfg.ray.cpus_per_worker}
+    if cfg.ray.use_gpu:
+        per_worker["GPU"] = cfg.ray.gpus_per_worker or 1
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": config_to_dict(cfg), "run_dir": str(files.root),
+                           "init_from": init_from, "partial": partial},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
+                                               resources_per_worker=per_worker),
+        run_config=ray.train.RunConfig(
+            name="train", storage_path=str(files.ray), callbacks=list(callbacks),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.ray.max_failures)),
+    )
 
+
+def run_training(cfg: Config, *, init_from: str | None = None, partial: bool = False) -> dict:
+    """Run one training to its end; returns the final metrics (with 'stop_reason') and the run folder."""
     cfg = absolute_paths(cfg)
     files = RunFiles(cfg.run_dir)
     changed = check_rerun(cfg, files)
@@ -621,20 +640,7 @@ def run_training(cfg: Config, *, init_from: str | None = None, partial: bool = F
         print(f"Ray dashboard: {url}")
     print(f"Run folder: {files.root}  (TensorBoard: tensorboard --logdir {files.logs} --host 127.0.0.1)")
 
-    per_worker = {"CPU": cfg.ray.cpus_per_worker}
-    if cfg.ray.use_gpu:
-        per_worker["GPU"] = cfg.ray.gpus_per_worker or 1
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"config": config_to_dict(cfg), "run_dir": str(files.root),
-                           "init_from": init_from, "partial": partial},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
-                                               resources_per_worker=per_worker),
-        run_config=ray.train.RunConfig(
-            name="train", storage_path=str(files.ray),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.ray.max_failures)),
-    )
+    trainer = make_trainer(cfg, files, init_from=init_from, partial=partial)
     if files.status.exists():
         files.status.unlink()
     trainer.fit()

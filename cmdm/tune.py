@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from cmdm.atomic import atomic_write_text
-from cmdm.config import config_to_dict, save_config
+from cmdm.config import save_config
 from cmdm.sweep import Sweep
 
 TRIAL_RESOURCE = "trial_driver"   # custom resource: a trial's driver holds no CPU, its Train workers do
@@ -100,32 +100,17 @@ def _report_callback_class():
 
 def trial_driver(params: dict, sweep: Sweep) -> None:
     """One trial: the sweep's base config + `params`, trained by a TorchTrainer in trials/<trial_id>/."""
-    import ray.train
     import ray.tune
-    from ray.train.torch import TorchTrainer
 
     from cmdm.doctor import diagnose
-    from cmdm.train import RunFiles, absolute_paths, train_loop_per_worker
+    from cmdm.train import RunFiles, absolute_paths, make_trainer
 
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = absolute_paths(sweep.trial_config(params, name=trial_id, output_root=str(sweep.sweep_dir / "trials")))
     files = RunFiles(cfg.run_dir)
     save_config(cfg, files.config)
     callback = _report_callback_class()(f"{sweep.metric}", sweep.mode, sweep.targets)
-    per_worker = {"CPU": cfg.ray.cpus_per_worker}
-    if cfg.ray.use_gpu:
-        per_worker["GPU"] = cfg.ray.gpus_per_worker or 1
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"config": config_to_dict(cfg), "run_dir": str(files.root), "init_from": None,
-                           "partial": False},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
-                                               resources_per_worker=per_worker),
-        run_config=ray.train.RunConfig(
-            name="train", storage_path=str(files.ray), callbacks=[callback],
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.ray.max_failures)),
-    )
+    trainer = make_trainer(cfg, files, callbacks=[callback])
     try:
         trainer.fit()
     except Exception as exc:  # a crash, an OOM: report it as this trial's result; the sweep goes on
