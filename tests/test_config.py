@@ -342,8 +342,9 @@ def test_dict_round_trip():
     d = config_to_dict(cfg)
     assert isinstance(d["model"]["num_layers"], list)
     assert config_from_dict(d) == cfg
+    before = list(cfg.model.num_layers)
     d["model"]["num_layers"].append(1)  # a copy: the config is untouched
-    assert cfg.model.num_layers == [1, 1, 1, 1]
+    assert cfg.model.num_layers == before and len(d["model"]["num_layers"]) == len(before) + 1
 
 
 def test_config_from_dict_is_validated_and_names_its_source():
