@@ -59,7 +59,13 @@ def evaluations_of(history: list[dict]) -> list[dict]:
 
 
 def describe_findings(findings) -> str:
+    """The `diagnosis` column: rule names, which the searcher reads back to find the remedy."""
     return ", ".join(f.rule.name for f in findings)
+
+
+def describe_evidence(findings) -> str:
+    """The `diagnosis_detail` column: what each detector saw."""
+    return "; ".join(f"{f.rule.name}: {f.evidence}" for f in findings)
 
 
 # ----------------------------------------------------------------------------
@@ -92,7 +98,7 @@ def _report_callback_class():
             m["targets_met"] = self.targets_met
             findings = diagnose(self.history)
             m["diagnosis"] = describe_findings(findings)
-            m["diagnosis_detail"] = "; ".join(f"{f.rule.name}: {f.evidence}" for f in findings)
+            m["diagnosis_detail"] = describe_evidence(findings)
             super().after_report(run_context, [m] + list(metrics[1:]), checkpoint)
 
     return TrialReportCallback
@@ -121,7 +127,7 @@ def trial_driver(params: dict, sweep: Sweep) -> None:
         atomic_write_text(files.root / "error.txt", error)
         ray.tune.report({"failed": True, "error": (raised or lines)[-1][:200],
                          "diagnosis": describe_findings(findings) or "crashed",
-                         "diagnosis_detail": "; ".join(f"{f.rule.name}: {f.evidence}" for f in findings)})
+                         "diagnosis_detail": describe_evidence(findings)})
 
 
 # ----------------------------------------------------------------------------
