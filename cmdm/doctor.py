@@ -238,14 +238,9 @@ def describe_remedy(rule: Rule) -> str:
     return " + ".join(f"{key} x{round(factor, 2):g}" for key, factor in rule.remedy)
 
 
-def summary(findings: list[Finding]) -> str:
-    """One short line for Tune's progress table: '' when healthy, the full rule for one finding, names for several."""
-    if not findings:
-        return ""
-    if len(findings) == 1:
-        rule = findings[0].rule
-        return f"{rule.name}: {rule.cause} -> {describe_remedy(rule)}"
-    return ", ".join(f.rule.name for f in findings)
+def explain(rule: Rule) -> str:
+    """One line for people: 'name: cause -> remedy' (the sweep summary's list of diagnoses)."""
+    return f"{rule.name}: {rule.cause} -> {describe_remedy(rule)}"
 
 
 # ---------------------------------------------------------------- remedies as new points of the space

@@ -254,11 +254,11 @@ def _stopper_class():
         """Ends the whole sweep once one evaluation has met every target (when the sweep asks for it)."""
 
         def __init__(self, enabled: bool):
-            self.enabled, self.met_by = enabled, None
+            self.enabled, self.met_by, self.met_at = enabled, None, None
 
         def __call__(self, trial_id, result):
             if result.get("targets_met") and self.met_by is None:
-                self.met_by = trial_id
+                self.met_by, self.met_at = trial_id, time.time()
                 print(f"[targets] trial {trial_id} met every target", flush=True)
             return False
 
@@ -266,6 +266,36 @@ def _stopper_class():
             return self.enabled and self.met_by is not None
 
     return TargetStopper
+
+
+def _clock_class():
+    from ray import tune
+
+    class TrialClock(tune.Callback):
+        """When each trial started and ended, as the driver saw it: a trial's lifetime includes its start-up and
+        any epoch cut short when it was stopped (its reports alone would miss both)."""
+
+        def __init__(self):
+            self.start, self.end = {}, {}
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.start.setdefault(trial.trial_id, time.time())
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.end.setdefault(trial.trial_id, time.time())
+
+        on_trial_error = on_trial_complete
+
+        def on_experiment_end(self, trials, **info):
+            for trial_id in self.start:
+                self.end.setdefault(trial_id, time.time())
+
+        def seconds(self, trial_id) -> float | None:
+            if trial_id not in self.start:
+                return None
+            return self.end.get(trial_id, time.time()) - self.start[trial_id]
+
+    return TrialClock
 
 
 # ----------------------------------------------------------------------------
@@ -325,6 +355,7 @@ def run_sweep(sweep: Sweep, *, address: str = "", resume: bool = False, strategy
                         f"best_{sweep.metric}": f"best_{sweep.metric}", "top1": "top1", "top3": "top3",
                         "diagnosis": "diagnosis"},
         parameter_columns={k: k.split(".")[-1] for k in sweep.space}, max_report_frequency=20)
+    stopper, clock = _stopper_class()(sweep.stop_on_targets), _clock_class()()
     t0 = time.time()
     if resume:
         log(f"Resuming {experiment}: finished trials are kept, unfinished ones continue from their last checkpoint.")
@@ -336,7 +367,7 @@ def run_sweep(sweep: Sweep, *, address: str = "", resume: bool = False, strategy
             tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(random_state=sweep.seed,
                                                                          max_concurrent=sweep.max_concurrent_trials),
                                         num_samples=sweep.num_samples, max_concurrent_trials=sweep.max_concurrent_trials),
-            run_config=tune.RunConfig(name="tune", storage_path=str(d), stop=_stopper_class()(sweep.stop_on_targets),
+            run_config=tune.RunConfig(name="tune", storage_path=str(d), stop=stopper, callbacks=[clock],
                                       progress_reporter=reporter, verbose=1,
                                       failure_config=tune.FailureConfig(max_failures=0)))
     else:
@@ -352,13 +383,14 @@ def run_sweep(sweep: Sweep, *, address: str = "", resume: bool = False, strategy
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=sweep.num_samples,
                                         max_concurrent_trials=sweep.max_concurrent_trials),
-            run_config=tune.RunConfig(name="tune", storage_path=str(d), stop=_stopper_class()(sweep.stop_on_targets),
+            run_config=tune.RunConfig(name="tune", storage_path=str(d), stop=stopper, callbacks=[clock],
                                       progress_reporter=reporter, verbose=1,
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
     grid = tuner.fit()
     wall = time.time() - t0
-    summary = summarise(sweep, grid, wall)
+    summary = summarise(sweep, grid, wall, clock=clock, targets_met_at=stopper.met_at,
+                        asha=strategy != "random")
     write_summary(sweep, summary)
     log(format_summary(summary))
     try:
@@ -381,7 +413,11 @@ def _history(result) -> list[dict]:
              for k, v in row.items()} for row in df.to_dict("records")]
 
 
-def summarise(sweep: Sweep, grid, wall_seconds: float) -> dict:
+def summarise(sweep: Sweep, grid, wall_seconds: float, *, clock=None, targets_met_at: float | None = None,
+              asha: bool = True) -> dict:
+    """One row per trial, sorted by its best metric. clock (TrialClock) gives each trial's lifetime as the driver
+    saw it; targets_met_at, when the sweep stopped because a trial met the targets, tells the trials it cut short
+    from those ASHA stopped."""
     rows = []
     for result in grid:
         history = _history(result)
@@ -405,7 +441,17 @@ def summarise(sweep: Sweep, grid, wall_seconds: float) -> dict:
             finite = [e for e in evals if isinstance(e.get(key), (int, float)) and math.isfinite(e[key])]
             if finite:
                 best_eval = (min if sweep.mode == "min" else max)(finite, key=lambda e: e[key])
-        end = ("failed" if failed else status.get("stop_reason") or "stopped by ASHA")
+        reported_seconds = float(max([h.get("time_total_s") or 0 for h in history] or [0]))
+        lifetime = clock.seconds(trial_id) if clock is not None else None
+        ended = (clock.start[trial_id] + lifetime) if lifetime is not None else None
+        if failed:
+            end = "failed"
+        elif status.get("stop_reason"):
+            end = status["stop_reason"]
+        elif targets_met_at is not None and (ended is None or ended >= targets_met_at):
+            end = "stopped: sweep met its targets"
+        else:
+            end = "stopped by ASHA" if asha else "stopped"
         rows.append({
             "trial_id": trial_id, "params": params, "end": end,
             "epochs": max([h.get("epoch") or 0 for h in history] or [0]),
@@ -416,7 +462,7 @@ def summarise(sweep: Sweep, grid, wall_seconds: float) -> dict:
             "targets_met": bool(best_eval) and sweep.targets_met(best_eval)
                            or any(bool(h.get("targets_met")) for h in history),
             "train_seconds": float(sum(h.get("epoch_seconds") or 0 for h in history)),
-            "trial_seconds": float(max([h.get("time_total_s") or 0 for h in history] or [0])),
+            "trial_seconds": float(lifetime) if lifetime is not None else reported_seconds,
             "history": [{k: h.get(k) for k in ("epoch", "evaluations", "loss", "fid", "top1", "top2", "top3",
                                                "targets_met", "timestamp", "epoch_seconds", "eval_seconds")}
                         for h in history],
@@ -442,6 +488,13 @@ def format_summary(summary: dict) -> str:
         cells += [f"{b[m]:.4f}" if b.get(m) is not None else "-" for m in ("fid", "top1", "top2", "top3")]
         cells += [str(r["epochs"]), r["end"], r["diagnosis"] or "-", "yes" if r["targets_met"] else "no"]
         lines.append("| " + " | ".join(cells) + " |")
+    from cmdm.doctor import RULES, explain
+    rules = {rule.name: rule for rule in RULES}
+    sick = [(r["trial_id"], name) for r in summary["trials"] for name in (r["diagnosis"] or "").split(", ")
+            if name in rules]
+    if sick:
+        lines += ["", "Diagnoses (the remedy became a queued trial where the space and max_remedies allowed):"]
+        lines += [f"- {trial_id}: {explain(rules[name])}" for trial_id, name in sick]
     best = summary["best_trial"]
     tail = [f"\nBest trial: {best}" if best else "\nNo trial reached an evaluation.",
             f"Targets ({', '.join(summary['targets']) or 'none'}): "

@@ -6,8 +6,8 @@ import math
 import pytest
 
 from cmdm.doctor import (
-    RULES, Finding, apply_remedy, detect_fid_rising, detect_gradient_explosion, detect_loss_not_decreasing,
-    detect_loss_oscillating, detect_out_of_memory, diagnose, prior_points, summary,
+    RULES, apply_remedy, detect_fid_rising, detect_gradient_explosion, detect_loss_not_decreasing,
+    detect_loss_oscillating, detect_out_of_memory, diagnose, explain, prior_points,
 )
 from cmdm.sweep import Param
 
@@ -197,14 +197,10 @@ def test_healthy_gradients():
 
 # ---------------------------------------------------------------- diagnose / summary
 
-def test_summary():
-    assert summary([]) == ""
-    one = [Finding(RULE["loss_oscillating"], "loss ...")]
-    assert summary(one) == "loss_oscillating: lr too high -> training.lr x0.67"
-    two = [Finding(RULE["fid_rising"], "fid ..."), Finding(RULE["loss_not_decreasing"], "loss ...")]
-    assert summary(two) == "fid_rising, loss_not_decreasing"
-    assert summary(two[:1]) == ("fid_rising: too little regularisation -> "
-                                "model.dropout x1.33 + training.weight_decay x10")
+def test_explain():
+    assert explain(RULE["loss_oscillating"]) == "loss_oscillating: lr too high -> training.lr x0.67"
+    assert explain(RULE["fid_rising"]) == ("fid_rising: too little regularisation -> "
+                                           "model.dropout x1.33 + training.weight_decay x10")
 
 
 def test_diagnose_puts_fatal_rules_first_then_table_order():

@@ -279,7 +279,11 @@ def test_text_features_saved_to_disk_load_into_a_fresh_encoder(minilm, tmp_path)
     assert fresh.load_cache(path) == 3
     got, _ = fresh.encode(caps)
     assert fresh.num_encoded == 0 and torch.equal(got, ref)      # every caption came from the file
+    assert not fresh.loaded                                      # ...so the transformer was never loaded
     assert path.name == "all-minilm-l6-v2-len20-pooled.pt"
+    new, _ = fresh.encode(["a person sits down on a chair", "a person kicks a ball"])  # one miss: loads it
+    assert fresh.loaded and fresh.num_encoded == 1
+    assert torch.equal(new[0], ref[1]) and torch.allclose(new[1], minilm.encode(["a person kicks a ball"])[0][0])
 
 
 @pytest.fixture(scope="module")

@@ -114,6 +114,9 @@ def test_crashing_trials_do_not_stop_the_sweep_and_are_diagnosed(tiny, tmp_path)
     assert len(summary["trials"]) == 2
     for t in summary["trials"]:
         assert t["end"] == "failed" and t["diagnosis"] == "out_of_memory" and "out of memory" in t["error"]
+        assert t["trial_seconds"] > 0            # the driver's clock counts a trial that never finished an epoch
+    md = (tmp_path / "outputs" / "oom-sweep" / "summary.md").read_text()
+    assert md.count(": out_of_memory: batch too large -> task.train.batch_size x0.5") == 2   # one line per trial
     # the guide's remedy (batch x0.5) reached the searcher: the second trial is the first one at batch 8
     remedy = json.loads((tmp_path / "outputs" / "oom-sweep" / "remedies.jsonl").read_text().splitlines()[0])
     first, second = sorted(summary["trials"], key=lambda t: t["run_dir"] != remedy["trial_id"] and

@@ -91,16 +91,15 @@ class TextEncoder:
 
     def __init__(self, name: str = "all-minilm-l6-v2", max_length: int = 20, output: str = "pooled",
                  cache_size: int = 200_000):
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers import AutoConfig
 
         if output not in ("pooled", "tokens"):
             raise ValueError(f"text output must be 'pooled' or 'tokens', got {output!r}")
         self.name, self.max_length, self.output, self.cache_size = name, max_length, output, cache_size
-        path = resolve_text_model(name)
+        self.path = path = resolve_text_model(name)
         try:
             with _quiet_transformers():
                 config = AutoConfig.from_pretrained(path)
-                self.tokenizer = AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError) as exc:
             raise ValueError(
                 f"text model {name!r}: not the built-in 'all-minilm-l6-v2', not a local directory, and "
@@ -108,17 +107,43 @@ class TextEncoder:
                 f"BERT snapshot (config.json, weights, tokenizer files) or use 'all-minilm-l6-v2'.") from exc
 
         self.kind = "clip" if config.model_type in ("clip", "clip_text_model") else "bert"
-        with _quiet_transformers():
-            if self.kind == "clip":
-                self.model, self.dim = self._load_clip(path, config)
-            else:
-                self.model = AutoModel.from_pretrained(path)
-                self.dim = self.model.config.hidden_size
-                self.pooling = _sentence_transformers_pooling(path) or ("mean", False)
-        self.model.eval().requires_grad_(False)
         self.device = torch.device("cpu")
+        self._model, self._tokenizer = None, None
+        if self.kind == "clip":   # its width depends on whether the weights hold a projection: load now
+            with _quiet_transformers():
+                self._model, self.dim = self._load_clip(path, config)
+            self._model.eval().requires_grad_(False)
+        else:                     # BERT-like: the width is in config.json; weights wait for a cache miss
+            self.dim = config.hidden_size
+            self.pooling = _sentence_transformers_pooling(path) or ("mean", False)
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.num_encoded = 0  # captions actually run through the transformer (cache misses)
+
+    # The transformer and tokenizer load on first use: a run whose captions are all in the disk cache
+    # (every training run and sweep trial after the first) never needs them, and loading them costs
+    # seconds per process.
+
+    @property
+    def model(self):
+        if self._model is None:
+            from transformers import AutoModel
+            with _quiet_transformers():
+                self._model = AutoModel.from_pretrained(self.path)
+            self._model.eval().requires_grad_(False).to(self.device)
+        return self._model
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+            with _quiet_transformers():
+                self._tokenizer = AutoTokenizer.from_pretrained(self.path)
+        return self._tokenizer
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the transformer's weights are in memory (False while every caption came from the cache)."""
+        return self._model is not None
 
     def _load_clip(self, path, config):
         """CLIP with its text projection when the snapshot has one (afford-motion's feature)."""
@@ -192,7 +217,8 @@ class TextEncoder:
             raise TypeError("encode() takes a list of captions, not one string")
         device = torch.device(device) if device is not None else self.device
         if device != self.device:
-            self.model.to(device)
+            if self._model is not None:
+                self._model.to(device)
             self.device = device
         missing = list(dict.fromkeys(c for c in captions if c not in self._cache))
         for i in range(0, len(missing), chunk):
