@@ -28,7 +28,7 @@ def plain_loop(cfg, epochs: int) -> tuple[float, list[float]]:
     from cmdm.data.humanml3d import collate, dataset_from_config
     from cmdm.diffusion import build_diffusion
     from cmdm.model import build_model
-    from cmdm.train import TrainStep, lr_factor, text_cache_path
+    from cmdm.train import TrainStep, load_text_cache, lr_factor
 
     t0 = time.time()
     torch.manual_seed(cfg.seed)
@@ -36,8 +36,7 @@ def plain_loop(cfg, epochs: int) -> tuple[float, list[float]]:
     loader = DataLoader(train_set, batch_size=cfg.task.train.batch_size, shuffle=True, collate_fn=collate,
                         num_workers=cfg.task.train.num_workers, drop_last=True)
     model = build_model(cfg)
-    if text_cache_path(cfg).is_file():          # as the Ray loop does: caption features from the disk cache
-        model.text_encoder.load_cache(text_cache_path(cfg))
+    load_text_cache(model, cfg)                 # as the Ray loop does: caption features from the disk cache
     step_module = TrainStep(model, build_diffusion(cfg.diffusion))
     params = [p for p in model.parameters() if p.requires_grad]
     tr = cfg.training

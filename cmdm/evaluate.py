@@ -134,8 +134,10 @@ def load_for_evaluation(checkpoint: str, config_path: str | None, overrides=(), 
     else:
         raise SystemExit(f"error: {checkpoint} holds no config (an afford-motion state dict?): pass --config CONFIG.yaml "
                          "with the model settings it was trained with.")
+    from cmdm.train import load_text_cache
     model = build_model(cfg).to(device)
     load_model_weights(model, obj, strict=True)
+    load_text_cache(model, cfg)      # the dataset's caption features, if cached: no text transformer to run
     return cfg, model, build_diffusion(cfg.diffusion)
 
 

@@ -296,8 +296,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     # -------- model, optimiser, schedule
     model = build_model(cfg).to(device)
-    if model.text_encoder is not None and text_cache_path(cfg).is_file():
-        model.text_encoder.load_cache(text_cache_path(cfg))
+    load_text_cache(model, cfg)
     diffusion = build_diffusion(cfg.diffusion)
     step_module = ray_torch.prepare_model(TrainStep(model, diffusion), move_to_device=False) if world > 1 \
         else TrainStep(model, diffusion)
@@ -578,6 +577,15 @@ def text_cache_path(cfg: Config) -> Path:
     from cmdm.model.text import cache_file_name
     tm = cfg.model.text_model
     return Path(cfg.data.root) / "text_features" / cache_file_name(tm.name, tm.max_length, tm.output)
+
+
+def load_text_cache(model, cfg: Config) -> int:
+    """Give the model's frozen text encoder the dataset's cached caption features (written by
+    prepare_text_features); returns how many captions it got (0 when there is no cache)."""
+    path = text_cache_path(cfg)
+    if model.text_encoder is None or not path.is_file():
+        return 0
+    return model.text_encoder.load_cache(path)
 
 
 def prepare_text_features(cfg: Config, log=print) -> Path | None:

@@ -336,6 +336,7 @@ def run_sweep(sweep: Sweep, *, address: str = "", resume: bool = False, strategy
     prepare(absolute_paths(sweep.base_config))     # data + evaluator once, before any trial starts
     write_sweep_files(sweep)
 
+    t_ray = time.time()
     if not ray.is_initialized():
         if address:
             ctx = ray.init(address=address)
@@ -344,6 +345,7 @@ def run_sweep(sweep: Sweep, *, address: str = "", resume: bool = False, strategy
         url = getattr(ctx, "dashboard_url", None)
         if url:
             log(f"Ray dashboard: {url if str(url).startswith('http') else 'http://' + url}")
+    ray_start_seconds = time.time() - t_ray
     driver_res = {"CPU": 0, TRIAL_RESOURCE: 1} if ray.cluster_resources().get(TRIAL_RESOURCE) else {"CPU": 0.01}
     storage_url = f"sqlite:///{d / 'optuna.db'}"
     log(f"Sweep folder: {d}\n  TensorBoard: tensorboard --logdir {d} --host 127.0.0.1\n"
@@ -391,6 +393,7 @@ def run_sweep(sweep: Sweep, *, address: str = "", resume: bool = False, strategy
     wall = time.time() - t0
     summary = summarise(sweep, grid, wall, clock=clock, targets_met_at=stopper.met_at,
                         asha=strategy != "random")
+    summary["ray_start_seconds"] = ray_start_seconds     # before the wall clock above starts; 0 if Ray was up
     write_summary(sweep, summary)
     log(format_summary(summary))
     try:

@@ -146,3 +146,16 @@ def test_evaluate_cli_prints_the_table_and_writes_json(finished, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "cmdm.evaluate", str(tmp_path / "missing.pt")],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "missing.pt" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_evaluation_takes_caption_features_from_the_runs_cache(finished):
+    """cmdm.evaluate reuses the caption features train_ray cached next to the data: no transformer to load."""
+    from cmdm.data.humanml3d import dataset_from_config
+    from cmdm.evaluate import load_for_evaluation
+    run, _ = finished
+    cfg, model, _ = load_for_evaluation(str(run / "checkpoints" / "model_best.pt"), None)
+    captions = sorted({c.text for e in dataset_from_config(cfg.data, "test", train=False, progress=False).entries
+                       for c in e.captions})
+    feats, _ = model.text_encoder.encode(captions[:64])
+    assert feats.shape == (min(64, len(captions)), 1, model.text_dim)
+    assert model.text_encoder.num_encoded == 0 and not model.text_encoder.loaded
