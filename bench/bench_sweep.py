@@ -52,6 +52,8 @@ def main(argv=None) -> int:
     p.add_argument("--ablation", action="store_true", help="also run (a') TPE + ASHA without priors and doctor")
     args = p.parse_intermixed_args(argv)
     strategies = ("rules", "random", "tpe") if args.ablation else ("rules", "random")
+    if "=" in args.sweep:                      # only overrides given: they are not the sweep file
+        args.overrides, args.sweep = [args.sweep, *args.overrides], str(ROOT / "sweeps" / "demo.yaml")
 
     from cmdm.sweep import load_sweep
     from cmdm.tune import run_sweep
