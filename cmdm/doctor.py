@@ -21,7 +21,7 @@ import numbers
 import re
 import statistics
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 from cmdm.sweep import Param
 
@@ -217,11 +217,14 @@ class Finding:
     evidence: str
 
 
-def diagnose(history: list[dict], error: str | None = None) -> list[Finding]:
-    """Every rule whose detector fires on this history (fatal ones first, then table order)."""
+def diagnose(history: list[dict], error: str | None = None, rules: Sequence[str] | None = None) -> list[Finding]:
+    """Every rule whose detector fires on this history (fatal ones first, then table order); `rules` limits
+    the check to the rules named (None: all)."""
     history = list(history or [])
     findings = []
     for rule in RULES:
+        if rules is not None and rule.name not in rules:
+            continue
         evidence = rule.detector(history, error) if rule.detector else None
         if evidence:
             findings.append(Finding(rule, evidence))

@@ -17,7 +17,8 @@
     targets: {fid: "<= 0.25", top1: ">= 0.43"}
     stop_on_targets: true
     priors: true                       # the guide's rule variants are the first trials
-    doctor: true                       # diagnosed trials get a remedy trial
+    doctor: true                       # diagnosed trials get a remedy trial (or a list of the rules to use,
+                                       # e.g. a fine-tune leaves out loss_not_decreasing)
     max_remedies: 4
     seed: 0
 
@@ -134,6 +135,7 @@ class Sweep:
     stop_on_targets: bool = True
     priors: bool = True
     doctor: bool = True
+    doctor_rules: tuple[str, ...] | None = None   # the rules the doctor applies; None = all of them
     max_remedies: int = 4
     seed: int = 0
     output_root: str = "outputs"
@@ -306,6 +308,15 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
                 raise _err(path, key, f"must be a whole number >= {0 if key in ('seed', 'max_remedies') else 1} "
                            f"(got {v!r})", "Fix the value.")
             setattr(sweep, key, v)
+    if isinstance(raw.get("doctor"), list):          # doctor: [rule, ...] -> on, with those rules only
+        from cmdm.doctor import RULES
+        known = [rule.name for rule in RULES]
+        unknown = [n for n in raw["doctor"] if n not in known]
+        if unknown or not raw["doctor"]:
+            raise _err(path, "doctor", f"names no rule or unknown rules {unknown}", f"Use true, false or a list of "
+                       f"rule names from: {', '.join(known)}.")
+        sweep.doctor, sweep.doctor_rules = True, tuple(raw["doctor"])
+        raw = {k: v for k, v in raw.items() if k != "doctor"}
     for key in ("stop_on_targets", "priors", "doctor"):
         if key in raw:
             if not isinstance(raw[key], bool):

@@ -79,9 +79,9 @@ def _report_callback_class():
         """Forwards rank 0's report to Tune (metrics are already reduced across workers by the loop), with
         the trial's diagnosis, its best metric so far and whether an evaluation met every target."""
 
-        def __init__(self, sweep_metric: str, mode: str, targets):
+        def __init__(self, sweep_metric: str, mode: str, targets, rules=None):
             super().__init__()
-            self.sweep_metric, self.mode, self.targets = sweep_metric, mode, tuple(targets)
+            self.sweep_metric, self.mode, self.targets, self.rules = sweep_metric, mode, tuple(targets), rules
             self.history: list[dict] = []
             self.targets_met = False
 
@@ -96,7 +96,7 @@ def _report_callback_class():
             if evals and evals[-1] is m and self.targets and all(t.met(m) for t in self.targets):
                 self.targets_met = True
             m["targets_met"] = self.targets_met
-            findings = diagnose(self.history)
+            findings = diagnose(self.history, rules=self.rules)
             m["diagnosis"] = describe_findings(findings)
             m["diagnosis_detail"] = describe_evidence(findings)
             super().after_report(run_context, [m] + list(metrics[1:]), checkpoint)
@@ -115,13 +115,13 @@ def trial_driver(params: dict, sweep: Sweep) -> None:
     cfg = absolute_paths(sweep.trial_config(params, name=trial_id, output_root=str(sweep.sweep_dir / "trials")))
     files = RunFiles(cfg.run_dir)
     save_config(cfg, files.config)
-    callback = _report_callback_class()(f"{sweep.metric}", sweep.mode, sweep.targets)
+    callback = _report_callback_class()(f"{sweep.metric}", sweep.mode, sweep.targets, sweep.doctor_rules)
     trainer = make_trainer(cfg, files, callbacks=[callback])
     try:
         trainer.fit()
     except Exception as exc:  # a crash, an OOM: report it as this trial's result; the sweep goes on
         error = "".join(traceback.format_exception(exc))
-        findings = diagnose([], error)
+        findings = diagnose([], error, rules=sweep.doctor_rules)
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
         raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)]   # the worker's own error
         atomic_write_text(files.root / "error.txt", error)

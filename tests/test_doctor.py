@@ -207,6 +207,9 @@ def test_diagnose_puts_fatal_rules_first_then_table_order():
     history = evaluated((1, 0.9), (2, 0.31), (3, 0.45), (4, 0.52)) + [{"epoch": 5, "stop_reason": "diverged"}]
     assert names(diagnose(history, "CUDA out of memory")) == ["out_of_memory", "gradient_explosion", "fid_rising"]
     assert diagnose([]) == [] and diagnose(None) == []
+    # a fine-tune sweep leaves out loss_not_decreasing (its loss starts low and stays flat, as it should)
+    assert names(diagnose(history, "CUDA out of memory", rules=("fid_rising", "out_of_memory"))) == [
+        "out_of_memory", "fid_rising"]
 
 
 # ---------------------------------------------------------------- remedies

@@ -69,6 +69,8 @@ def test_param_clip_and_contains():
     (("metric: fid", "metric: accuracy"), ["metric", "top1"]),
     (('fid: "<= 5"', 'fid: "about 5"'), ["targets.fid", "<= 0.25"]),
     (("name: s", "name: s\nnum_sample: 3"), ["num_sample", "not a sweep key"]),
+    (("name: s", "name: s\ndoctor: [loss_plateau]"), ["doctor", "loss_plateau", "loss_not_decreasing"]),
+    (("name: s", "name: s\ndoctor: maybe"), ["doctor", "true or false"]),
 ])
 def test_bad_sweeps_are_refused_with_the_key_and_a_fix(tmp_path, edit, words):
     path = write(tmp_path, GOOD.replace(*edit))
@@ -105,3 +107,9 @@ def test_stable_sweep_without_humanml3d_says_what_to_get_and_points_to_the_demo(
     assert proc.returncode == 2, proc.stderr
     assert "HumanML3D" in proc.stderr and "github.com/EricGuo5513/HumanML3D" in proc.stderr
     assert "sweeps/demo.yaml" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_doctor_can_be_limited_to_some_rules(tmp_path):
+    s = load_sweep(write(tmp_path, GOOD + "doctor: [out_of_memory, gradient_explosion, fid_rising]\n"))
+    assert s.doctor and s.doctor_rules == ("out_of_memory", "gradient_explosion", "fid_rising")
+    assert load_sweep(write(tmp_path, GOOD)).doctor_rules is None          # default: every rule

@@ -2,7 +2,6 @@
 captions, contacts). About 10 s: three 40-clip datasets and ~70 single clips."""
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -1,6 +1,5 @@
 """The recipe's pieces in isolation: lr schedule, EMA, best tracking / early stopping, atomic best pair."""
 import json
-import math
 
 import pytest
 import torch

@@ -14,7 +14,6 @@ file, what was expected, and the fix.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 

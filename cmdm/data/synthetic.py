@@ -721,7 +721,7 @@ class Builder:
     def kick(self, p):
         """Shift onto the support foot, chamber the knee, extend the leg forward, put it back."""
         b, side = self.body, p["side"]
-        sg, support = _sgn(side), 1 - p["side"]
+        support = 1 - p["side"]
         fwd3 = lambda v: np.array([v[0], 0.0, v[1]])
         fwd = heading_vec(self.yaw)
         c, y0 = self.root[[0, 2]], self.stand_height() - 0.03

@@ -189,7 +189,6 @@ class CMDM(nn.Module):
 
     def fuse_conditions(self, text_feat, text_pad, contact_feat=None, drop_text=None, drop_contact=None):
         """Raw features -> condition dict: erase, adapt to latent_dim, pool, join."""
-        B = text_feat.shape[0]
         raw = {"_text_feat": text_feat, "_text_pad": text_pad, "_contact_feat": contact_feat}
         if drop_text is not None:
             text_feat = text_feat * (~drop_text.bool()).to(text_feat.dtype)[:, None, None]
