@@ -256,9 +256,19 @@ class NonFiniteError(RuntimeError):
 # The loop
 # ----------------------------------------------------------------------------
 
+def _since_process_start(t: float) -> str:
+    """', N s after its process started' (Ray's worker start-up before the loop runs), when psutil tells."""
+    try:
+        import psutil
+        return f"; the loop began {t - psutil.Process().create_time():.1f} s after its process started"
+    except Exception:
+        return ""
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     """What each Ray worker runs. loop_config: {'config': Config as dict, 'run_dir': abs path,
     'init_from': optional weights path, 'partial': bool}."""
+    t_enter = time.time()
     import ray.train
     import ray.train.torch as ray_torch
 
@@ -281,6 +291,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     np.random.seed(cfg.seed + rank)
 
     # -------- data
+    t_data = time.time()
     train_set = dataset_from_config(cfg.data, "train", train=True, seed=cfg.seed, progress=is_main)
     test_set = dataset_from_config(cfg.data, "test", train=False, seed=cfg.seed, progress=is_main)
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
@@ -295,6 +306,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     total_steps = tr.max_steps or tr.max_epochs * steps_per_epoch
 
     # -------- model, optimiser, schedule
+    t_model = time.time()
     model = build_model(cfg).to(device)
     load_text_cache(model, cfg)
     diffusion = build_diffusion(cfg.diffusion)
@@ -349,6 +361,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         n_params = sum(p.numel() for p in params)
         log.info(f"Run {cfg.name}: {world} worker(s) on {device.type}, {len(train_set)} train clips, "
                  f"{steps_per_epoch} steps/epoch, {total_steps} steps, {n_params / 1e6:.2f}M trainable parameters")
+        log.info(f"Set-up in this worker: {time.time() - t_enter:.1f} s (imports {t_data - t_enter:.1f} s, "
+                 f"data {t_model - t_data:.1f} s, model and the rest {time.time() - t_model:.1f} s)"
+                 + _since_process_start(t_enter))
 
     evaluator = None
     eval_idx = eval_indices(test_set, tr.eval_num_samples, seed=cfg.seed)
