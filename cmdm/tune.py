@@ -258,7 +258,9 @@ def _stopper_class():
 
         def __call__(self, trial_id, result):
             if result.get("targets_met") and self.met_by is None:
-                self.met_by, self.met_at = trial_id, time.time()
+                self.met_by = trial_id
+                if self.enabled:        # the moment the sweep ends: trials still running are cut short by it
+                    self.met_at = time.time()
                 print(f"[targets] trial {trial_id} met every target", flush=True)
             return False
 

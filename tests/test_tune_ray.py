@@ -191,3 +191,40 @@ def test_a_diagnosis_makes_the_remedy_the_next_suggestion(tmp_path):
     searcher.on_trial_result("t2", {"best_fid": 4.0, "training_iteration": 1, "diagnosis": ""})
     searcher.on_trial_result("t1", result)
     assert len(searcher.remedies) == 1
+
+
+def test_summary_tells_how_each_trial_ended(tmp_path):
+    """No Ray: stand-in results for summarise(). A trial cut short before the targets were met was stopped
+    by ASHA; one still running when a stop_on_targets sweep met them was stopped by the sweep; a sweep that
+    does not stop on its targets never blames them."""
+    from types import SimpleNamespace
+
+    from cmdm.sweep import load_sweep
+    from cmdm.tune import _clock_class, _stopper_class, summarise
+    spec = {"name": "ends", "base": str(ROOT / "configs" / "demo.yaml"), "output_root": str(tmp_path),
+            "space": {"training.lr": {"loguniform": [1e-5, 1e-2]}}, "metric": "fid", "mode": "min",
+            "targets": {"fid": "<= 10"}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    sweep = load_sweep(tmp_path / "s.yaml")
+    (sweep.sweep_dir / "trials" / "done").mkdir(parents=True)
+    (sweep.sweep_dir / "trials" / "done" / "status.json").write_text('{"stop_reason": "finished"}')
+
+    def result(trial_id, fid, met):
+        row = {"trial_id": trial_id, "epoch": 1, "evaluations": 1, "fid": fid, "top1": 0.2, "targets_met": met,
+               "timestamp": 100, "time_total_s": 30.0}
+        return SimpleNamespace(metrics=row, metrics_dataframe=None, config={"training.lr": 1e-3}, error=None,
+                               path=str(tmp_path / trial_id))
+    grid = [result("done", 5.0, True), result("early", 50.0, False), result("late", 40.0, False)]
+    clock = _clock_class()()
+    clock.start = {"done": 0.0, "early": 0.0, "late": 0.0}
+    clock.end = {"done": 60.0, "early": 20.0, "late": 70.0}
+    for enabled, late_end in ((True, "stopped: sweep met its targets"), (False, "stopped by ASHA")):
+        stopper = _stopper_class()(enabled)
+        stopper("done", {"targets_met": True})
+        stopper.met_at = 50.0 if enabled else stopper.met_at     # the clock above runs in seconds from 0
+        assert (stopper.met_at is None) == (not enabled)
+        rows = {r["trial_id"]: r for r in summarise(sweep, grid, 80.0, clock=clock,
+                                                     targets_met_at=stopper.met_at)["trials"]}
+        assert rows["done"]["end"] == "finished" and rows["early"]["end"] == "stopped by ASHA"
+        assert rows["late"]["end"] == late_end
+        assert rows["late"]["trial_seconds"] == 70.0 and rows["done"]["targets_met"]
