@@ -233,9 +233,15 @@ def build_searcher(sweep: Sweep, storage_url: str | None):
     import optuna
     from cmdm.doctor import prior_points
     priors = prior_points(sweep.base_point(), sweep.space) if sweep.priors else []
-    sampler = optuna.samplers.TPESampler(
-        seed=sweep.seed, multivariate=True,
-        n_startup_trials=max(len(priors), min(10, max(3, sweep.num_samples // 4))))
+    # TPE samples at random until n_startup_trials trials are complete. The warm start is better than random
+    # points, so with priors TPE takes over once two of them are in; without, a few random points come first.
+    # constant_liar: trials still running count as bad, so parallel suggestions do not pile onto one spot.
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(
+            seed=sweep.seed, multivariate=True, constant_liar=sweep.max_concurrent_trials > 1,
+            n_startup_trials=2 if priors else min(10, max(3, sweep.num_samples // 4)))
     cls = _search_class()
     searcher = cls(space=optuna_space(sweep), metric=f"best_{sweep.metric}", mode=sweep.mode, sampler=sampler,
                    storage=optuna.storages.RDBStorage(storage_url) if storage_url else None,
