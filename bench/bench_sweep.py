@@ -50,8 +50,11 @@ def main(argv=None) -> int:
     p.add_argument("overrides", nargs="*", help="sweep overrides, e.g. num_samples=8")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--ablation", action="store_true", help="also run (a') TPE + ASHA without priors and doctor")
+    p.add_argument("--only", choices=["rules", "random", "tpe"], help="run one strategy (no ratio table)")
     args = p.parse_intermixed_args(argv)
     strategies = ("rules", "random", "tpe") if args.ablation else ("rules", "random")
+    if args.only:
+        strategies = (args.only,)
     if "=" in args.sweep:                      # only overrides given: they are not the sweep file
         args.overrides, args.sweep = [args.sweep, *args.overrides], str(ROOT / "sweeps" / "demo.yaml")
 
@@ -76,6 +79,12 @@ def main(argv=None) -> int:
                          "overhead_with_startup": wall / compute - 1 if compute else None,
                          "ray_start_s": summary.get("ray_start_seconds"), "total_s": time.time() - t0})
             print(json.dumps(rows[-1]), flush=True)
+
+    out = ROOT / "outputs" / (f"bench_sweep-{args.only}.json" if args.only else "bench_sweep.json")
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2) + "\n")
+    if args.only:
+        return 0
 
     def run(seed, strategy):
         return next((r for r in rows if r["seed"] == seed and r["strategy"] == strategy), None)
@@ -102,9 +111,6 @@ def main(argv=None) -> int:
         print(f"{names[s]}: overhead {sum(r['overhead'] for r in mine) / len(mine):.1%} around the trials "
               f"(goal <= 10%), {sum(r['overhead_with_startup'] for r in mine) / len(mine):.1%} counting each "
               f"trial's start-up")
-    out = ROOT / "outputs" / "bench_sweep.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2) + "\n")
     return 0
 
 
