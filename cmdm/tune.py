@@ -454,7 +454,7 @@ def summarise(sweep: Sweep, grid, wall_seconds: float, *, clock=None, targets_me
                 best_eval = (min if sweep.mode == "min" else max)(finite, key=lambda e: e[key])
         reported_seconds = float(max([h.get("time_total_s") or 0 for h in history] or [0]))
         lifetime = clock.seconds(trial_id) if clock is not None else None
-        ended = (clock.start[trial_id] + lifetime) if lifetime is not None else None
+        ended = clock.end.get(trial_id) if clock is not None else None
         if failed:
             end = "failed"
         elif status.get("stop_reason"):
