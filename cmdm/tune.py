@@ -29,6 +29,7 @@ import re
 import shutil
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -236,7 +237,6 @@ def build_searcher(sweep: Sweep, storage_url: str | None):
     # TPE samples at random until n_startup_trials trials are complete. The warm start is better than random
     # points, so with priors TPE takes over once two of them are in; without, a few random points come first.
     # constant_liar: trials still running count as bad, so parallel suggestions do not pile onto one spot.
-    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(
