@@ -1655,7 +1655,7 @@ _LAYOUT = re.compile(r"(new_joint_vecs|new_joints)/\d{6}\.npy|texts/\d{6}\.txt|c
 _DERIVED = re.compile(r"preview/[^/]+\.gif|text_features/[^/]+\.pt")   # written into a dataset by others
 _SUBDIRS = ("new_joint_vecs", "new_joints", "texts", "contacts", "preview", "text_features")
 _ANSWER = ("Choose another folder (data.root=... for train_ray.py / tune_ray.py, --out for "
-           "cmdm.data.synthetic), or move those files away yourself")
+           "cmdm.data.synthetic)")
 
 
 def _sha256(path: Path) -> str:
@@ -1738,7 +1738,7 @@ def _refuse_unless_replaceable(out: Path) -> None:
             f"holds files and no {MANIFEST} of cmdm.data.synthetic {GENERATOR_VERSION} (it is not a " \
             "dataset this generator wrote, or one from an older version)"
         raise DataError(f"{out} {why} ({_first(found['foreign'])}); the generator never deletes or "
-                        f"overwrites files it cannot prove it wrote. {_ANSWER}; to train on a dataset of "
+                        f"overwrites files it cannot prove it wrote. {_ANSWER}, or move those files away yourself; to train on a dataset of "
                         "your own there, set data.name=humanml3d.")
     if found["changed"]:
         raise DataError(f"{out} is a synthetic dataset whose files were changed after generation "
