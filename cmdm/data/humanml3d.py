@@ -140,7 +140,8 @@ def _load_array(path: Path, what: str, fix: str) -> np.ndarray:
     try:
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise DataError(f"{what} {path} cannot be read as a .npy array ({err}); {fix}.") from None
+        reason = "not a .npy file, or one holding Python objects" if "pickle" in str(err) else str(err)
+        raise DataError(f"{what} {path} cannot be read as a .npy array ({reason}); {fix}.") from None
     if not isinstance(arr, np.ndarray):
         arr.close()
         raise DataError(f"{what} {path} is an .npz archive, not one .npy array; {fix}.")
