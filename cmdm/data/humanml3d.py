@@ -20,12 +20,15 @@ training, not mid-epoch inside a Ray worker):
     the arrays themselves are read lazily, at first use);
   - `check_dataset` (the driver's preparation, `cmdm.train.prepare`, runs it once before Ray starts):
     all of the above for the train, val (if present) and test splits, plus every contact file read
-    whole and checked finite. It keeps nothing in memory; on the 2,000-clip synthetic set it takes
-    about a second.
+    whole and checked finite. It keeps nothing in memory. Measured on the 2,000-clip synthetic set
+    (1,024 points a clip, 2 busy CPU cores): 1.7 s (0.8 s without contacts); the contact header
+    check at open adds ~0.3 ms a clip.
 """
 from __future__ import annotations
 
+import os
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -279,11 +282,17 @@ def check_dataset(root, splits=("train", "val", "test"), use_contacts: bool = Tr
         split_ids = read_split(root, split)
         _check_motions_exist(root, split, split_ids)
         ids.update(dict.fromkeys(split_ids))
-    for motion_id in tqdm(ids, desc="checking data", disable=not progress, leave=False):
+    def check_clip(motion_id):
         load_features(root / "new_joint_vecs" / f"{motion_id}.npy")
         read_captions(root / "texts" / f"{motion_id}.txt")
         if use_contacts:
             load_contact_file(root / "contacts" / f"{motion_id}.npz")
+
+    # Threads: reading and np.isfinite release the GIL; map() raises the first bad clip in split order.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for _ in tqdm(pool.map(check_clip, ids), total=len(ids), desc="checking data", disable=not progress,
+                      leave=False):
+            pass
     return len(ids)
 
 
