@@ -126,3 +126,20 @@ def test_evaluator_fingerprint_follows_file_contents(tmp_path):
     assert data_fingerprint(copy) == before
     np.save(copy / "Mean.npy", np.load(copy / "Mean.npy") + 1)
     assert data_fingerprint(copy) != before
+
+
+def test_files_the_project_derives_from_a_dataset_do_not_make_it_foreign(tmp_path):
+    """Caption features (cmdm.train) and preview GIFs (--preview) live in the dataset: reuse and replace it."""
+    out = syn.generate_dataset(tmp_path / "d", 4, **QUIET)
+    (out / "text_features").mkdir()
+    (out / "text_features" / "all-MiniLM-L6-v2-len77-pooled.pt").write_bytes(b"x")
+    (out / "preview").mkdir()
+    (out / "preview" / "000001.gif").write_bytes(b"x")
+    mtime = (out / "meta.json").stat().st_mtime_ns
+    assert syn.ensure_dataset(out, 4, **QUIET) == out and (out / "meta.json").stat().st_mtime_ns == mtime
+    syn.ensure_dataset(out, 5, **QUIET)                              # other settings: replaced, derived files too
+    assert not (out / "text_features").exists() and len((out / "all.txt").read_text().split()) == 5
+    (out / "preview").mkdir()
+    (out / "preview" / "notes.txt").write_text("mine")               # not a derived file: refused
+    with pytest.raises(DataError, match="preview/notes.txt"):
+        syn.ensure_dataset(out, 4, **QUIET)

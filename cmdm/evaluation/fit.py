@@ -87,7 +87,7 @@ class FitConfig:
 def data_fingerprint(root: str | Path) -> str:
     """sha256 of everything a fit reads: the split files, Mean/Std, and every listed clip's caption and
     feature file, contents included (so an edited or regenerated-differently file refits the cache; a
-    byte-identical copy does not). ~0.3 s on the 2,000-clip synthetic set (sha256 runs at ~1.5 GB/s)."""
+    byte-identical copy does not). ~0.4 s on the 2,000-clip synthetic set (sha256 runs at ~1.5 GB/s)."""
     root = Path(root)
     h = hashlib.sha256()
     ids = {}
