@@ -130,7 +130,8 @@ CASES = [
     row("motion-wrong-shape", motion("train", shape=(60, 251)), ["{train:new_joint_vecs}"], ["(T, 263)"]),
     row("motion-truncated", lambda h: truncate(f"new_joint_vecs/{ids('train')[0]}.npy", 300)(h),
         ["{train:new_joint_vecs}"], ["re-extract"]),
-    row("caption-not-utf8", lambda h: write(f"texts/{ids('train')[0]}.txt", "a man walks#a/DET\xff\n".encode("latin-1"))(h),
+    row("caption-not-utf8",
+        lambda h: write(f"texts/{ids('train')[0]}.txt", "a man walks#a/DET\xff\n".encode("latin-1"))(h),
         ["{train:texts}"], ["UTF-8"]),
     row("caption-is-a-folder", lambda h: (h / "texts" / f"{ids('train')[0]}.txt").unlink() or
         (h / "texts" / f"{ids('train')[0]}.txt").mkdir(), ["{train:texts}"], ["texts/<id>.txt"]),

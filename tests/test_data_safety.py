@@ -82,7 +82,8 @@ def test_two_generators_on_one_folder_take_turns_and_both_succeed(tmp_path):
     assert codes == [0, 0], errs
     assert all("waiting for another generator" in e for e in errs)
     found = syn.dataset_problems(out)
-    assert found["manifest"]["settings"]["num_clips"] == 30 and not any(found[k] for k in ("foreign", "changed", "missing"))
+    assert found["manifest"]["settings"]["num_clips"] == 30
+    assert not any(found[k] for k in ("foreign", "changed", "missing"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "err0", "err1"]   # no temp folder, no lock file
 
 

@@ -1751,8 +1751,8 @@ def _refuse_unless_replaceable(out: Path) -> None:
             f"holds files and no {MANIFEST} of cmdm.data.synthetic {GENERATOR_VERSION} (it is not a " \
             "dataset this generator wrote; a synthetic set made before the manifest existed: delete it)"
         raise DataError(f"{out} {why} ({_first(found['foreign'])}); the generator never deletes or "
-                        f"overwrites files it cannot prove it wrote. {_ANSWER}, or move those files away yourself; to train on a dataset of "
-                        "your own there, set data.name=humanml3d.")
+                        f"overwrites files it cannot prove it wrote. {_ANSWER}, or move those files away "
+                        "yourself; to train on a dataset of your own there, set data.name=humanml3d.")
     if found["changed"]:
         raise DataError(f"{out} is a synthetic dataset whose files were changed after generation "
                         f"({_first(found['changed'])}); the generator will not overwrite those changes. "

@@ -99,7 +99,8 @@ def data_fingerprint(root: str | Path) -> str:
             ids.update(dict.fromkeys(line.strip() for line in data.decode("utf-8", "replace").splitlines()
                                      if line.strip()))
     files = [root / "Mean.npy", root / "Std.npy"]
-    files += [root / sub / f"{i}{ext}" for i in sorted(ids) for sub, ext in (("texts", ".txt"), ("new_joint_vecs", ".npy"))]
+    files += [root / sub / f"{i}{ext}" for i in sorted(ids)
+              for sub, ext in (("texts", ".txt"), ("new_joint_vecs", ".npy"))]
     for path in files:
         h.update(f"{path.relative_to(root).as_posix()}:".encode())
         if not path.is_file():
