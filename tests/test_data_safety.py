@@ -144,3 +144,12 @@ def test_files_the_project_derives_from_a_dataset_do_not_make_it_foreign(tmp_pat
     (out / "preview" / "notes.txt").write_text("mine")               # not a derived file: refused
     with pytest.raises(DataError, match="preview/notes.txt"):
         syn.ensure_dataset(out, 4, **QUIET)
+
+
+def test_a_reused_dataset_also_cleans_a_killed_regenerations_temp_folder(tmp_path):
+    out = syn.generate_dataset(tmp_path / "d", 3, **QUIET)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    shutil.copytree(out, tmp_path / f"d.tmp-{dead.pid}")               # what a killed regeneration leaves
+    assert syn.ensure_dataset(out, 3, **QUIET) == out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]

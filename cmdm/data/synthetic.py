@@ -1749,7 +1749,7 @@ def _refuse_unless_replaceable(out: Path) -> None:
     if found["foreign"]:
         why = "holds files that cmdm.data.synthetic did not write" if found["manifest"] else \
             f"holds files and no {MANIFEST} of cmdm.data.synthetic {GENERATOR_VERSION} (it is not a " \
-            "dataset this generator wrote; a synthetic set made before the manifest existed: delete it)"
+            "dataset this generator wrote, or one written before synthetic sets carried a manifest)"
         raise DataError(f"{out} {why} ({_first(found['foreign'])}); the generator never deletes or "
                         f"overwrites files it cannot prove it wrote. {_ANSWER}, or move those files away "
                         "yourself; to train on a dataset of your own there, set data.name=humanml3d.")
@@ -1781,20 +1781,20 @@ def _remove_ours(folder: Path) -> None:
     folder.rmdir()
 
 
-def _clean_stale_temps(out: Path, log) -> None:
-    """Remove `<out>.tmp-<pid>` folders left by a killed generator: pid dead (or ours: we hold the lock),
-    holding our (incomplete) manifest and only files of our layout, or nothing at all."""
+def _clean_stale_temps(out: Path, log, locked: bool = True) -> None:
+    """Remove `<out>.tmp-<pid>` folders left by a killed generator: pid dead (or ours, when we hold the
+    lock), holding our (incomplete) manifest and only files of our layout, or nothing at all."""
     for tmp in out.parent.glob(f"{glob.escape(out.name)}.tmp-*"):
         pid = tmp.name.rsplit("-", 1)[1]
         if not pid.isdigit() or not tmp.is_dir() or tmp.is_symlink() or \
-                (int(pid) != os.getpid() and _alive(int(pid))):
-            continue
-        files, other = _entries(tmp)
-        ours = _read_manifest(tmp) is not None and all(_LAYOUT.fullmatch(f) for f in files)
-        if other or (files and not ours):
-            log(f"[synthetic] leaving {tmp} alone: it holds files this generator did not write")
+                (int(pid) == os.getpid() and not locked) or (int(pid) != os.getpid() and _alive(int(pid))):
             continue
         try:
+            files, other = _entries(tmp)
+            ours = _read_manifest(tmp) is not None and all(_LAYOUT.fullmatch(f) for f in files)
+            if other or (files and not ours):
+                log(f"[synthetic] leaving {tmp} alone: it holds files this generator did not write")
+                continue
             _remove_ours(tmp)
             log(f"[synthetic] removed {tmp}, left by a generator that was killed (pid {pid})")
         except OSError as err:   # e.g. a worker of the dead generator still writing: try next time
@@ -1952,6 +1952,7 @@ def ensure_dataset(out_dir, num_clips=2000, seed=0, num_points=1024, workers=Non
         return True
 
     if ready():
+        _clean_stale_temps(out, log, locked=False)   # a killed regeneration's leftovers (pid dead)
         return out
     if int(num_clips) < 1:
         raise DataError(f"data.synthetic_num_clips must be at least 1 (got {num_clips}).")
