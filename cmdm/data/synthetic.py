@@ -1930,7 +1930,7 @@ def ensure_dataset(out_dir, num_clips=2000, seed=0, num_points=1024, workers=Non
     """Generate the dataset unless out_dir already holds a finished one with these settings, intact.
 
     Reuse is decided from the manifest, with every file's size and sha256 checked (a removed file
-    means regenerate, a changed one or a foreign one means refuse): ~1 s on the 2,000-clip set, once
+    means regenerate, a changed one or a foreign one means refuse): 1-2 s on the 2,000-clip set, once
     per process; a later call in the same process re-hashes only if a file's size or mtime moved."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     out = Path(out_dir).resolve()
