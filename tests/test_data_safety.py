@@ -153,3 +153,19 @@ def test_a_reused_dataset_also_cleans_a_killed_regenerations_temp_folder(tmp_pat
     shutil.copytree(out, tmp_path / f"d.tmp-{dead.pid}")               # what a killed regeneration leaves
     assert syn.ensure_dataset(out, 3, **QUIET) == out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_an_unreadable_caption_file_is_a_data_error_naming_it(tmp_path, monkeypatch):
+    """(Permissions cannot be tested as root: the OSError is raised for the file instead.)"""
+    from cmdm.data.humanml3d import read_captions
+    path = tmp_path / "000000.txt"
+    path.write_text("a man walks#a/DET man/NOUN walk/VERB#0.0#0.0\n")
+    real = Path.read_text
+
+    def denied(self, *a, **kw):
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *a, **kw)
+    monkeypatch.setattr(Path, "read_text", denied)
+    with pytest.raises(DataError, match=f"{path} cannot be read \\(Permission denied\\)"):
+        read_captions(path)
