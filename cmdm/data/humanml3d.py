@@ -207,8 +207,9 @@ def _contact_arrays(path: Path, headers_only: bool):
                                        else np.lib.format.read_array_header_2_0)
                         shape, _, dtype = read_header(f)
                         out.append((shape, dtype))
-                    else:
-                        arr = np.lib.format.read_array(f, allow_pickle=False)
+                    else:   # the whole array (also for a rare format 3.0 header: read from the start)
+                        with zf.open(key + ".npy") as whole:
+                            arr = np.lib.format.read_array(whole, allow_pickle=False)
                         out.append((arr.shape, arr.dtype, arr))
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as err:
         raise DataError(f"Contact file {path} cannot be read as an .npz archive ({err}); regenerate it.") from None
