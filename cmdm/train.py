@@ -570,7 +570,7 @@ def start_ray(address: str, num_cpus: int | None = None):
 
 def prepare(cfg: Config, log=print) -> None:
     """Make sure the data and the evaluator exist before any worker starts (once, in the driver)."""
-    from cmdm.data.humanml3d import DataError
+    from cmdm.data.humanml3d import DataError, check_dataset
     from cmdm.evaluation.evaluator import load_evaluator
     if cfg.data.name == "synthetic":
         from cmdm.data.synthetic import ensure_dataset
@@ -579,6 +579,7 @@ def prepare(cfg: Config, log=print) -> None:
         raise DataError(f"HumanML3D folder {cfg.data.root} (data.root) does not exist. Get HumanML3D from "
                         "https://github.com/EricGuo5513/HumanML3D and put it there (or set data.root=...), "
                         "or try the embedded dataset: python train_ray.py configs/demo.yaml")
+    check_dataset(cfg.data.root, use_contacts=cfg.data.use_contacts)  # every file, once, before any worker
     test_set = dataset_from_config(cfg.data, "test", train=False, progress=False)
     if len(test_set) < cfg.evaluation.batch_size:
         raise DataError(f"{Path(cfg.data.root) / 'test.txt'} yields {len(test_set)} test clips, fewer than one "

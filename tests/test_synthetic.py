@@ -64,7 +64,7 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(data):
     a, b, c = data
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
-    assert len(files) == 4 * NUM + 7
+    assert len(files) == 4 * NUM + 8      # + meta.json, splits, Mean/Std, the manifest
     for rel in files:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     differ = [(a / "new_joint_vecs" / p.name).read_bytes() != p.read_bytes()
@@ -143,12 +143,16 @@ def test_interrupted_run_leaves_nothing_and_ensure_reuses(tmp_path, monkeypatch)
     monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
     syn.ensure_dataset(out, 3, seed=0, num_points=32, progress=False)
-    marker = out / "marker"
-    marker.write_text("x")
+    mtime = (out / "meta.json").stat().st_mtime_ns
     syn.ensure_dataset(out, 3, seed=0, num_points=32, progress=False)   # same: kept
-    assert marker.exists()
+    assert (out / "meta.json").stat().st_mtime_ns == mtime
     syn.ensure_dataset(out, 4, seed=0, num_points=32, progress=False)   # other size: redone
-    assert not marker.exists() and len(split(out, "all")) == 4
+    assert len(split(out, "all")) == 4
+    marker = out / "marker"                  # a file the generator did not write: never deleted
+    marker.write_text("x")
+    with pytest.raises(syn.DataError, match="marker"):
+        syn.ensure_dataset(out, 5, seed=0, num_points=32, progress=False)
+    assert marker.read_text() == "x" and len(split(out, "all")) == 4
 
 
 # ----------------------------------------------------------------------------- physics

@@ -10,10 +10,25 @@ One code path serves the real HumanML3D download and the embedded synthetic set
     <root>/contacts/<id>.npz         optional: `points` (N, 3+) and `dist` (N, 22)
 
 Every malformed or missing file raises `DataError` with one paragraph naming the
-file, what was expected, and the fix.
+file, what was expected, and the fix. What is checked where (so a bad file stops a run before
+training, not mid-epoch inside a Ray worker):
+
+  - opening a `MotionDataset`: Mean/Std (readable arrays of shape (263,), finite, Std > 0), the split
+    file (ids, no duplicate), every motion of the split (a numeric (T, 263) array, finite: each is
+    loaded anyway), every caption file (UTF-8, well-formed lines) and, with contacts, every
+    contact file's archive and headers (keys `points`/`dist`, shapes (N,3+)/(N,22), N > 0; cheap:
+    the arrays themselves are read lazily, at first use);
+  - `check_dataset` (the driver's preparation, `cmdm.train.prepare`, runs it once before Ray starts):
+    all of the above for the train, val (if present) and test splits, plus every contact file read
+    whole and checked finite. It keeps nothing in memory. Measured on the 2,000-clip synthetic set
+    (1,024 points a clip, 2 busy CPU cores): 1.7 s (0.8 s without contacts); the contact header
+    check at open adds ~0.3 ms a clip.
 """
 from __future__ import annotations
 
+import os
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,11 +93,22 @@ def parse_caption_line(line: str, path: str | Path, lineno: int) -> Caption:
     return Caption(text.strip(), token_list, start_s, end_s)
 
 
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{what} {path} is not UTF-8 text ({err.reason} at byte {err.start}); "
+                        "re-save it as UTF-8 (or restore it from the dataset).") from None
+    except OSError as err:
+        raise DataError(f"{what} {path} cannot be read ({err.strerror or err}); check its permissions "
+                        "or restore it from the dataset.") from None
+
+
 def read_captions(path: str | Path) -> list[Caption]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"Caption file {path} is missing: every motion needs texts/<id>.txt. {DOWNLOAD_HINT}")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = _read_text(path, "Caption file").splitlines()
     captions = [parse_caption_line(line, path, i + 1) for i, line in enumerate(lines) if line.strip()]
     if not captions:
         raise DataError(f"Caption file {path} holds no caption line; expected `caption#word/POS ...#from#to`.")
@@ -97,18 +123,39 @@ def read_split(root: str | Path, split: str) -> list[str]:
     path = Path(root) / f"{split}.txt"
     if not path.is_file():
         raise DataError(f"Split file {path} is missing: expected one motion id per line. {DOWNLOAD_HINT}")
-    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    ids = [line.strip() for line in _read_text(path, "Split file").splitlines() if line.strip()]
     if not ids:
         raise DataError(f"Split file {path} is empty: expected one motion id per line.")
+    seen, repeated = set(), []
+    for i in ids:
+        if i in seen and i not in repeated:
+            repeated.append(i)
+        seen.add(i)
+    if repeated:
+        raise DataError(f"Split file {path} lists {len(repeated)} id(s) more than once (first: "
+                        f"{', '.join(repeated[:5])}); a repeated clip would be trained or evaluated twice. "
+                        "Keep each id on one line only.")
     return ids
+
+
+def _load_array(path: Path, what: str, fix: str) -> np.ndarray:
+    """np.load without pickles; anything that is not one numeric array is a DataError naming the file."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        reason = "not a .npy file, or one holding Python objects" if "pickle" in str(err) else str(err)
+        raise DataError(f"{what} {path} cannot be read as a .npy array ({reason}); {fix}.") from None
+    if not isinstance(arr, np.ndarray):
+        arr.close()
+        raise DataError(f"{what} {path} is an .npz archive, not one .npy array; {fix}.")
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise DataError(f"{what} {path} holds {arr.dtype} values, not numbers; {fix}.")
+    return arr
 
 
 def load_features(path: str | Path) -> np.ndarray:
     path = Path(path)
-    try:
-        motion = np.load(path)
-    except (OSError, ValueError) as err:
-        raise DataError(f"Motion file {path} cannot be read as a .npy array ({err}); re-extract it.") from None
+    motion = _load_array(path, "Motion file", "re-extract it")
     if motion.ndim != 2 or motion.shape[1] != FEATURE_DIM:
         raise DataError(
             f"Motion file {path} has shape {motion.shape}; expected (T, {FEATURE_DIM}) HumanML3D features "
@@ -125,36 +172,72 @@ def load_mean_std(root: str | Path) -> tuple[np.ndarray, np.ndarray]:
         path = Path(root) / name
         if not path.is_file():
             raise DataError(f"{path} is missing: HumanML3D ships Mean.npy and Std.npy (263,) at its root. {DOWNLOAD_HINT}")
-        arr = np.load(path).astype(np.float32)
+        arr = _load_array(path, "Normalisation file", f"restore it or recompute it ({FEATURE_DIM},) "
+                                                         "from the training motions")
         if arr.shape != (FEATURE_DIM,):
             raise DataError(f"{path} has shape {arr.shape}; expected ({FEATURE_DIM},).")
-        arrays.append(arr)
+        if not np.isfinite(arr).all():
+            raise DataError(f"{path} contains NaN or inf values; recompute it from the training motions "
+                            "(for the synthetic set: regenerate it).")
+        arrays.append(arr.astype(np.float32))
     mean, std = arrays
-    if (std <= 0).any() or not np.isfinite(std).all():
-        raise DataError(f"{Path(root) / 'Std.npy'} has zero, negative or non-finite entries; recompute it.")
+    if (std <= 0).any():
+        raise DataError(f"{Path(root) / 'Std.npy'} has zero or negative entries; recompute it.")
     return mean, std
 
 
-def load_contact_file(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Return (points (N,3), dist (N,22)) from an afford-motion style `contacts/<id>.npz`."""
-    path = Path(path)
+def _contact_arrays(path: Path, headers_only: bool):
+    """The `points` and `dist` of a contact file: arrays, or (shape, dtype) from the .npy headers only."""
     if not path.is_file():
         raise DataError(
             f"Contact file {path} is missing: with data.use_contacts=true every motion needs contacts/<id>.npz "
             "holding `points` (N,3+) and `dist` (N,22). Set data.use_contacts=false to train on text only."
         )
+    out = []
     try:
-        with np.load(path) as npz:
-            if "points" not in npz or "dist" not in npz:
-                raise DataError(f"Contact file {path} holds keys {sorted(npz.files)}; expected `points` and `dist`.")
-            points, dist = npz["points"], npz["dist"]
-    except (OSError, ValueError) as err:
+        with zipfile.ZipFile(path) as zf:
+            names = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
+            if "points" not in names or "dist" not in names:
+                raise DataError(f"Contact file {path} holds keys {sorted(names)}; expected `points` and `dist`.")
+            for key in ("points", "dist"):
+                with zf.open(key + ".npy") as f:
+                    version = np.lib.format.read_magic(f) if headers_only else None
+                    if version in ((1, 0), (2, 0)):
+                        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                       else np.lib.format.read_array_header_2_0)
+                        shape, _, dtype = read_header(f)
+                        out.append((shape, dtype))
+                    else:   # the whole array (also for a rare format 3.0 header: read from the start)
+                        with zf.open(key + ".npy") as whole:
+                            arr = np.lib.format.read_array(whole, allow_pickle=False)
+                        out.append((arr.shape, arr.dtype, arr))
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as err:
         raise DataError(f"Contact file {path} cannot be read as an .npz archive ({err}); regenerate it.") from None
-    if points.ndim != 2 or points.shape[1] < 3 or dist.ndim != 2 or dist.shape != (points.shape[0], NUM_JOINTS):
+    (p_shape, p_dtype, *p), (d_shape, d_dtype, *d) = out
+    if len(p_shape) != 2 or p_shape[1] < 3 or d_shape != (p_shape[0], NUM_JOINTS):
         raise DataError(
-            f"Contact file {path}: `points` has shape {points.shape} and `dist` {dist.shape}; expected (N,3+) "
+            f"Contact file {path}: `points` has shape {p_shape} and `dist` {d_shape}; expected (N,3+) "
             f"and (N,{NUM_JOINTS}) with the same N."
         )
+    if p_shape[0] == 0:
+        raise DataError(f"Contact file {path} holds no point (N = 0); a scene needs at least one point: "
+                        "regenerate it.")
+    if not all(np.issubdtype(t, np.floating) or np.issubdtype(t, np.integer) for t in (p_dtype, d_dtype)):
+        raise DataError(f"Contact file {path} holds {p_dtype} / {d_dtype} arrays, not numbers; regenerate it.")
+    return (p[0], d[0]) if not headers_only else None
+
+
+def check_contact_file(path: str | Path) -> None:
+    """The cheap check of a contact file (archive, keys, shapes and N > 0 from the headers; no data read)."""
+    _contact_arrays(Path(path), headers_only=True)
+
+
+def load_contact_file(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Return (points (N,3), dist (N,22)) from an afford-motion style `contacts/<id>.npz`."""
+    path = Path(path)
+    points, dist = _contact_arrays(path, headers_only=False)
+    if not (np.isfinite(points).all() and np.isfinite(dist).all()):
+        raise DataError(f"Contact file {path} contains NaN or inf values; regenerate it.")
     return points[:, :3].astype(np.float32), dist.astype(np.float32)
 
 
@@ -169,6 +252,49 @@ def contact_map(points: np.ndarray, dist: np.ndarray, joints: list[int], sigma: 
     idx = rng.choice(n, num_points, replace=n < num_points)
     channels = np.exp(-0.5 * dist[idx][:, joints] ** 2 / sigma**2)
     return np.concatenate([points[idx], channels], axis=1).astype(np.float32)
+
+
+def _check_motions_exist(root: Path, split: str, ids: list[str]) -> None:
+    missing = [i for i in ids if not (root / "new_joint_vecs" / f"{i}.npy").is_file()]
+    if missing:
+        raise DataError(
+            f"{root / (split + '.txt')} names {len(missing)} motion(s) with no file in "
+            f"{root / 'new_joint_vecs'} (first: {', '.join(missing[:5])}). The download is incomplete "
+            "or the split belongs to another dataset; rebuild new_joint_vecs/ or remove those ids."
+        )
+
+
+def check_dataset(root, splits=("train", "val", "test"), use_contacts: bool = True, progress: bool = False) -> int:
+    """Read every file a run will read and refuse (DataError, naming the file) the first bad one.
+
+    Checks Mean/Std, the split files (val only if val.txt exists), and for each listed clip its motion
+    (shape, finite), captions (UTF-8, format) and, with use_contacts, its contact file read whole (shape,
+    N > 0, finite). One pass that keeps nothing in memory: run once in the driver before any worker
+    starts, so a bad file is an `error:` and exit 2 rather than a Ray worker's crash. Returns the
+    number of clips checked."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"Dataset folder {root} does not exist. {DOWNLOAD_HINT}")
+    load_mean_std(root)
+    ids = {}
+    for split in splits:
+        if split == "val" and not (root / "val.txt").is_file():
+            continue
+        split_ids = read_split(root, split)
+        _check_motions_exist(root, split, split_ids)
+        ids.update(dict.fromkeys(split_ids))
+    def check_clip(motion_id):
+        load_features(root / "new_joint_vecs" / f"{motion_id}.npy")
+        read_captions(root / "texts" / f"{motion_id}.txt")
+        if use_contacts:
+            load_contact_file(root / "contacts" / f"{motion_id}.npz")
+
+    # Threads: reading and np.isfinite release the GIL; map() raises the first bad clip in split order.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for _ in tqdm(pool.map(check_clip, ids), total=len(ids), desc="checking data", disable=not progress,
+                      leave=False):
+            pass
+    return len(ids)
 
 
 # ----------------------------------------------------------------------------
@@ -207,13 +333,7 @@ class MotionDataset(Dataset):
         self.mean, self.std = load_mean_std(self.root)
 
         ids = read_split(self.root, split)
-        missing = [i for i in ids if not (self.root / "new_joint_vecs" / f"{i}.npy").is_file()]
-        if missing:
-            raise DataError(
-                f"{self.root / (split + '.txt')} names {len(missing)} motion(s) with no file in "
-                f"{self.root / 'new_joint_vecs'} (first: {', '.join(missing[:5])}). The download is incomplete "
-                "or the split belongs to another dataset; rebuild new_joint_vecs/ or remove those ids."
-            )
+        _check_motions_exist(self.root, split, ids)
         self.entries: list[Entry] = []
         self.num_filtered = 0  # (sub-)clips dropped by the length filter
         for motion_id in tqdm(ids, desc=f"loading {split}", disable=not progress, leave=False):
@@ -233,10 +353,8 @@ class MotionDataset(Dataset):
                     self.entries.append(Entry(f"{motion_id}#{k}", motion_id, clip, [cap]))
                 else:
                     self.num_filtered += 1
-            if use_contacts:  # fail now, not mid-epoch, on a missing contact file
-                path = self.root / "contacts" / f"{motion_id}.npz"
-                if not path.is_file():
-                    load_contact_file(path)
+            if use_contacts:  # fail now, not mid-epoch, on a missing or malformed contact file
+                check_contact_file(self.root / "contacts" / f"{motion_id}.npz")
         if not self.entries:
             raise DataError(
                 f"No motion of {self.root / (split + '.txt')} passes the length filter "

@@ -21,7 +21,8 @@ How a clip is made (top to bottom in this file):
   6. Captions from templates with synonyms, tagged `word/POS` by a small built-in lexicon.
 
 Layout written (HumanML3D + afford-motion): new_joint_vecs/, new_joints/, texts/, contacts/,
-Mean.npy, Std.npy, train/val/test/all.txt, meta.json (written last: no meta.json = incomplete).
+Mean.npy, Std.npy, train/val/test/all.txt, meta.json, and synthetic_manifest.json (written last: the
+size and sha256 of every file; what lets the generator reuse or replace the folder, and nothing else).
 
     python -m cmdm.data.synthetic --out data/synthetic [--num 2000 --seed 0 --points 1024
                                                          --workers W --preview 6]
@@ -29,11 +30,16 @@ Mean.npy, Std.npy, train/val/test/all.txt, meta.json (written last: no meta.json
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import glob
+import hashlib
 import io
 import json
 import multiprocessing
 import os
-import shutil
+import re
+import sys
 import zipfile
 from functools import partial
 from pathlib import Path
@@ -44,6 +50,7 @@ from scipy.ndimage import gaussian_filter1d
 from tqdm import tqdm
 
 from cmdm import skeleton as sk
+from cmdm.data.humanml3d import DataError
 
 GENERATOR_VERSION = "1.0"
 FPS = 20
@@ -1632,37 +1639,234 @@ def split_ids(num_clips, seed):
             (("train", train), ("val", val), ("test", test))}
 
 
-def _read_meta(out: Path):
+# ----------------------------------------------------------------------------- ownership
+# The generator replaces only a folder it wrote itself and can prove unchanged. Its proof is
+# MANIFEST (written last, inside the folder): the generator's fingerprint, the settings, and the
+# size and sha256 of every file it wrote. A folder is replaced when it holds that manifest, nothing
+# but the files listed in it (plus the derived preview/*.gif and text_features/*.pt that this
+# project writes into a dataset), and none of them changed. Anything else is refused: the
+# generator never deletes or overwrites a file it cannot prove it wrote.
+
+MANIFEST = "synthetic_manifest.json"
+FINGERPRINT = hashlib.sha256(f"cmdm.data.synthetic {GENERATOR_VERSION}".encode()).hexdigest()[:16]
+_LAYOUT = re.compile(r"(new_joint_vecs|new_joints)/\d{6}\.npy|texts/\d{6}\.txt|contacts/\d{6}\.npz|"
+                     r"(train|val|test|all)\.txt|Mean\.npy|Std\.npy|meta\.json|"
+                     + re.escape(MANIFEST) + r"(\.part)?")
+# written into a dataset by others: preview GIFs (main --preview), cached caption features (cmdm.train,
+# with the temp files of cmdm.atomic that a killed write can leave)
+_DERIVED = re.compile(r"preview/[^/]+\.gif|text_features/([^/]+\.pt|\.[^/]+\.pt\.[^/]+\.tmp)")
+_SUBDIRS = ("new_joint_vecs", "new_joints", "texts", "contacts", "preview", "text_features")
+_ANSWER = ("Choose another folder (data.root=... for train_ray.py / tune_ray.py, --out for "
+           "cmdm.data.synthetic)")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_manifest(folder: Path) -> dict | None:
+    """The folder's manifest if this generator wrote it (its fingerprint), else None."""
     try:
-        return json.loads((out / "meta.json").read_text())
+        manifest = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(manifest, dict) or manifest.get("generator") != "cmdm.data.synthetic" or \
+            manifest.get("fingerprint") != FINGERPRINT or not isinstance(manifest.get("files", {}), dict):
+        return None
+    return manifest
 
 
-def _clear_old(out: Path):
-    """Remove a previous dataset at `out` (ours or incomplete), refuse anything else."""
-    if not out.exists():
+def _entries(folder: Path) -> tuple[list[str], list[str]]:
+    """(files, other entries: links, sockets, unexpected folders) under folder, as sorted relative paths."""
+    files, other = [], []
+
+    def walk(path, prefix):
+        with os.scandir(path) as it:
+            for e in sorted(it, key=lambda e: e.name):
+                rel = prefix + e.name
+                if e.is_symlink():
+                    other.append(rel)
+                elif e.is_dir():
+                    if rel in _SUBDIRS:
+                        walk(e.path, rel + "/")
+                    else:
+                        other.append(rel + "/")
+                elif e.is_file():
+                    files.append(rel)
+                else:
+                    other.append(rel)
+    walk(folder, "")
+    return files, other
+
+
+def _write_manifest(folder: Path, manifest: dict) -> None:
+    part = folder / (MANIFEST + ".part")
+    part.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    os.replace(part, folder / MANIFEST)
+
+
+def dataset_problems(folder, check_contents: bool = True) -> dict:
+    """What keeps `folder` from being a finished, intact dataset of this generator.
+
+    Returns {"foreign": [...], "changed": [...], "missing": [...], "manifest": dict | None}:
+    foreign = entries it did not write (everything, when there is no manifest of ours), changed =
+    files whose size or sha256 differs from the manifest, missing = listed files that are gone."""
+    folder = Path(folder)
+    manifest = _read_manifest(folder)
+    files, other = _entries(folder)
+    if manifest is None or not manifest.get("complete"):
+        return dict(foreign=other + files, changed=[], missing=[], manifest=None, stats=())
+    listed = manifest["files"]
+    foreign = other + [f for f in files if f not in listed and f != MANIFEST and not _DERIVED.fullmatch(f)]
+    present = set(files)
+    missing = [f for f in listed if f not in present]
+    changed, stats = [], []
+    for rel, (size, digest) in sorted(listed.items()):
+        if rel in present:
+            st = (folder / rel).stat()
+            stats.append((rel, st.st_size, st.st_mtime_ns))
+            if st.st_size != size or (check_contents and _sha256(folder / rel) != digest):
+                changed.append(rel)
+    return dict(foreign=foreign, changed=changed, missing=missing, manifest=manifest, stats=tuple(stats))
+
+
+def _first(names, k=4) -> str:
+    return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
+
+
+def _refuse_unless_replaceable(out: Path) -> None:
+    """Raise DataError unless out is absent, an empty folder, or an intact dataset of ours."""
+    if not out.exists() and not out.is_symlink():
         return
-    ours = (out / "meta.json").exists() or (out / "new_joint_vecs").exists()
-    if out.is_dir() and (ours or not any(out.iterdir())):
-        shutil.rmtree(out)
-    else:
-        raise FileExistsError(f"{out} exists and is not a synthetic dataset; choose another --out")
+    if out.is_symlink() or not out.is_dir():
+        raise DataError(f"{out} exists and is not a folder; the synthetic generator writes a dataset folder "
+                        f"there and never replaces a file. {_ANSWER}.")
+    found = dataset_problems(out)
+    if found["foreign"]:
+        why = "holds files that cmdm.data.synthetic did not write" if found["manifest"] else \
+            f"holds files and no {MANIFEST} of cmdm.data.synthetic {GENERATOR_VERSION} (it is not a " \
+            "dataset this generator wrote, or one written before synthetic sets carried a manifest)"
+        raise DataError(f"{out} {why} ({_first(found['foreign'])}); the generator never deletes or "
+                        f"overwrites files it cannot prove it wrote. {_ANSWER}, or move those files away "
+                        "yourself; to train on a dataset of your own there, set data.name=humanml3d.")
+    if found["changed"]:
+        raise DataError(f"{out} is a synthetic dataset whose files were changed after generation "
+                        f"({_first(found['changed'])}); the generator will not overwrite those changes. "
+                        f"{_ANSWER}, or delete {out} yourself to regenerate it.")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_ours(folder: Path) -> None:
+    """Delete a folder of ours file by file (the manifest last), then its now empty folders; a file that is
+    not ours makes rmdir fail rather than disappear."""
+    files, _ = _entries(folder)
+    for rel in sorted(files, key=lambda r: (r.startswith(MANIFEST), r)):
+        (folder / rel).unlink()
+    for sub in _SUBDIRS:
+        if (folder / sub).is_dir():
+            (folder / sub).rmdir()
+    folder.rmdir()
+
+
+def _clean_stale_temps(out: Path, log, locked: bool = True) -> None:
+    """Remove `<out>.tmp-<pid>` folders left by a killed generator: pid dead (or ours, when we hold the
+    lock), holding our (incomplete) manifest and only files of our layout, or nothing at all."""
+    for tmp in out.parent.glob(f"{glob.escape(out.name)}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[1]
+        if not pid.isdigit() or not tmp.is_dir() or tmp.is_symlink() or \
+                (int(pid) == os.getpid() and not locked) or (int(pid) != os.getpid() and _alive(int(pid))):
+            continue
+        try:
+            files, other = _entries(tmp)
+            ours = _read_manifest(tmp) is not None and all(_LAYOUT.fullmatch(f) for f in files)
+            if other or (files and not ours):
+                log(f"[synthetic] leaving {tmp} alone: it holds files this generator did not write")
+                continue
+            _remove_ours(tmp)
+            log(f"[synthetic] removed {tmp}, left by a generator that was killed (pid {pid})")
+        except OSError as err:   # e.g. a worker of the dead generator still writing: try next time
+            log(f"[synthetic] could not remove {tmp} yet ({err})")
+
+
+@contextlib.contextmanager
+def generator_lock(out: Path, log=None):
+    """An exclusive lock on `.<out>.lock` beside out, so two generators on one folder take turns.
+
+    The lock file is removed on release; a waiter that then holds the lock on the removed file sees
+    that the path no longer names it and locks the new one (so two never hold it at once)."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = out.parent / f".{out.name}.lock"
+    said = False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not said:
+                log(f"[synthetic] waiting for another generator writing {out} (it holds {path})")
+                said = True
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        try:
+            if os.fstat(fd).st_size == 0:      # ours (we never write in it); never remove a user's file
+                os.unlink(path)
+        finally:
+            os.close(fd)
+
+
+def _settings(num_clips, seed, num_points) -> dict:
+    return dict(num_clips=int(num_clips), seed=int(seed), num_points=int(num_points), version=GENERATOR_VERSION)
 
 
 def generate_dataset(out_dir, num_clips=2000, seed=0, num_points=1024, workers=None,
-                     progress=True) -> Path:
-    """Write the whole dataset to out_dir (replacing an earlier one) and return its path.
+                     progress=True, log=None) -> Path:
+    """Write the whole dataset to out_dir (replacing an earlier one of ours) and return its path.
 
-    Clips are made in a process pool (each from its own (seed, index) stream, so the files do
-    not depend on the number of workers) into `<out>.tmp-<pid>`, renamed to `out` at the end
-    with meta.json written last: an interrupted run never looks finished."""
+    Refuses (DataError) a folder holding anything it did not write. Clips are made in a process
+    pool (each from its own (seed, index) stream, so the files do not depend on the number of
+    workers) into `<out>.tmp-<pid>`, renamed to `out` at the end with the manifest written last: an
+    interrupted run never looks finished, and the next run removes the temp folder a killed one
+    left. Two generators on one folder take turns (a file lock)."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    if int(num_clips) < 1:
+        raise DataError(f"the number of clips must be at least 1 (got {num_clips}); e.g. --num 2000 "
+                        "(data.synthetic_num_clips).")
     out = Path(out_dir).resolve()
+    _refuse_unless_replaceable(out)         # before the lock: a refusal writes nothing
+    with generator_lock(out, log):
+        _clean_stale_temps(out, log)
+        return _generate(out, num_clips, seed, num_points, workers, progress)
+
+
+def _generate(out: Path, num_clips, seed, num_points, workers, progress) -> Path:
     tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp.mkdir()
+    _write_manifest(tmp, dict(generator="cmdm.data.synthetic", fingerprint=FINGERPRINT, complete=False,
+                              pid=os.getpid()))
     for sub in ("new_joint_vecs", "new_joints", "texts", "contacts"):
-        (tmp / sub).mkdir(parents=True)
+        (tmp / sub).mkdir()
     try:
         work = partial(_write_clip, root=tmp, seed=seed, num_points=num_points)
         workers = workers or os.cpu_count() or 1
@@ -1703,23 +1907,66 @@ def generate_dataset(out_dir, num_clips=2000, seed=0, num_points=1024, workers=N
                     licence="generated: procedurally synthesised by cmdm.data.synthetic, "
                             "no recorded motion or third-party data; same licence as this code")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        _clear_old(out)
+        files, _ = _entries(tmp)
+        listed = {rel: [(tmp / rel).stat().st_size, _sha256(tmp / rel)] for rel in files if rel != MANIFEST}
+        _write_manifest(tmp, dict(generator="cmdm.data.synthetic", fingerprint=FINGERPRINT, complete=True,
+                                  settings=_settings(num_clips, seed, num_points), files=listed))
+        _refuse_unless_replaceable(out)     # again, under the lock: it may have changed meanwhile
+        if out.exists():
+            _remove_ours(out)
         tmp.rename(out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists():
+            _remove_ours(tmp)
         raise
     return out
 
 
+_VERIFIED: dict = {}   # folder -> (name, size, mtime_ns) of its files when this process last hashed them all
+
+
 def ensure_dataset(out_dir, num_clips=2000, seed=0, num_points=1024, workers=None,
-                   progress=True) -> Path:
-    """Generate the dataset unless out_dir already holds a finished one with these settings."""
-    out = Path(out_dir)
-    meta = _read_meta(out)
-    if meta and meta.get("num_clips") == num_clips and meta.get("seed") == seed and \
-            meta.get("num_points") == num_points and meta.get("version") == GENERATOR_VERSION:
-        return out.resolve()
-    return generate_dataset(out, num_clips, seed, num_points, workers, progress)
+                   progress=True, log=None) -> Path:
+    """Generate the dataset unless out_dir already holds a finished one with these settings, intact.
+
+    Reuse is decided from the manifest, with every file's size and sha256 checked (a removed file
+    means regenerate, a changed one or a foreign one means refuse): 1-2 s on the 2,000-clip set, once
+    per process; a later call in the same process re-hashes only if a file's size or mtime moved."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    out = Path(out_dir).resolve()
+
+    def ready() -> bool:
+        if not out.is_dir() or out.is_symlink():
+            return False
+        found = dataset_problems(out, check_contents=False)
+        manifest = found["manifest"]
+        if manifest is None or manifest.get("settings") != _settings(num_clips, seed, num_points) or \
+                found["foreign"] or found["changed"] or found["missing"]:
+            return False
+        stats = found["stats"]
+        if _VERIFIED.get(out) == stats:     # hashed by this process already and untouched since
+            return True
+        if dataset_problems(out)["changed"]:
+            return False
+        _VERIFIED[out] = stats
+        return True
+
+    if ready():
+        _clean_stale_temps(out, log, locked=False)   # a killed regeneration's leftovers (pid dead)
+        return out
+    if int(num_clips) < 1:
+        raise DataError(f"data.synthetic_num_clips must be at least 1 (got {num_clips}).")
+    _refuse_unless_replaceable(out)
+    with generator_lock(out, log):
+        if ready():                         # another process made it while we waited
+            return out
+        _refuse_unless_replaceable(out)
+        _clean_stale_temps(out, log)
+        if out.exists():
+            missing = dataset_problems(out)["missing"]
+            log(f"[synthetic] regenerating {out}" + (f": files were removed ({_first(missing)})" if missing else
+                                                      " with other settings" if any(out.iterdir()) else ""))
+        return _generate(out, num_clips, seed, num_points, workers, progress)
 
 
 # ============================================================================= preview + CLI
@@ -1757,8 +2004,8 @@ def render_previews(root, k, workers=None):
     return [_render_one(j) for j in jobs]
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m cmdm.data.synthetic", description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="dataset folder to (re)write")
     ap.add_argument("--num", type=int, default=2000, help="number of clips")
     ap.add_argument("--seed", type=int, default=0)
@@ -1766,12 +2013,21 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     ap.add_argument("--preview", type=int, default=0, help="render K clips to DIR/preview/*.gif")
     args = ap.parse_args(argv)
-    out = generate_dataset(args.out, args.num, args.seed, args.points, args.workers)
+    if args.num < 1:
+        ap.error(f"--num must be at least 1 (got {args.num}): the number of clips to generate, e.g. --num 2000")
+    if args.points < 1:
+        ap.error(f"--points must be at least 1 (got {args.points}): scene points per clip, e.g. --points 1024")
+    try:
+        out = generate_dataset(args.out, args.num, args.seed, args.points, args.workers)
+    except DataError as err:
+        print(f"error: --out: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {args.num} clips to {out}")
     if args.preview:
         for path in render_previews(out, args.preview, args.workers):
             print(path)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

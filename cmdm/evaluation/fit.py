@@ -85,24 +85,30 @@ class FitConfig:
 # ----------------------------------------------------------------------------
 
 def data_fingerprint(root: str | Path) -> str:
-    """Hash of the splits, Mean/Std, captions and feature-file sizes: changes when the data does, costs ~1 s."""
+    """sha256 of everything a fit reads: the split files, Mean/Std, and every listed clip's caption and
+    feature file, contents included (so an edited or regenerated-differently file refits the cache; a
+    byte-identical copy does not). ~0.4 s on the 2,000-clip synthetic set (sha256 runs at ~1.5 GB/s)."""
     root = Path(root)
     h = hashlib.sha256()
-    ids = set()
+    ids = {}
     for split in ("train", "val", "test"):
         path = root / f"{split}.txt"
         if path.is_file():
-            h.update(split.encode() + path.read_bytes())
-            ids.update(line.strip() for line in path.read_text().splitlines() if line.strip())
-    for name in ("Mean.npy", "Std.npy"):
-        if (root / name).is_file():
-            h.update((root / name).read_bytes())
-    for i in sorted(ids):
-        for path in (root / "texts" / f"{i}.txt", root / "new_joint_vecs" / f"{i}.npy"):
-            if path.is_file():
-                h.update(f"{i}:{path.stat().st_size}".encode())
-                if path.suffix == ".txt":
-                    h.update(path.read_bytes())
+            data = path.read_bytes()
+            h.update(f"{split}:{len(data)}:".encode() + data)
+            ids.update(dict.fromkeys(line.strip() for line in data.decode("utf-8", "replace").splitlines()
+                                     if line.strip()))
+    files = [root / "Mean.npy", root / "Std.npy"]
+    files += [root / sub / f"{i}{ext}" for i in sorted(ids)
+              for sub, ext in (("texts", ".txt"), ("new_joint_vecs", ".npy"))]
+    for path in files:
+        h.update(f"{path.relative_to(root).as_posix()}:".encode())
+        if not path.is_file():
+            h.update(b"-")
+            continue
+        with open(path, "rb") as f:
+            data = f.read()
+        h.update(f"{len(data)}:".encode() + data)
     return h.hexdigest()[:16]
 
 
