@@ -284,7 +284,7 @@ class CMDM(nn.Module):
         """Trainable parameters per top-level part, plus the frozen text encoder (not saved)."""
         counts = {}
         for name, p in self.named_parameters():
-            part = name.split(".")[0]
+            part = name.split(".")[0] + ("" if p.requires_grad else " (frozen, fork compatibility)")
             counts[part] = counts.get(part, 0) + p.numel()
         if self.text_encoder is not None:
             counts["text_encoder (frozen, not in checkpoints)"] = self.text_encoder.num_parameters
