@@ -83,21 +83,21 @@ class TextModelConfig:
 class ConditionEmbedderConfig:
     use_cross_attn_pooling: bool = True           # pool condition tokens with learnable latents (Perceiver style)
     num_latents: int = bounded(64, ge=1)          # number of those latents
-    fusion_method: Literal["cross_attn", "concat"] = "cross_attn"  # DiT reaches the condition tokens by cross-attention in each block, or concatenated to the motion
+    fusion_method: Literal["adaln", "cross_attn", "concat"] = "cross_attn"  # dit: conditions only through adaLN (the fork's dit), also by cross-attention in each block, or concatenated to the motion
     contact_num_tokens: int = bounded(128, ge=1)  # tokens out of the point encoder
     contact_dim: int = bounded(256, ge=1)         # width of those tokens before the projection to latent_dim
 
 
 @dataclass
 class ModelConfig:
-    arch: Literal["trans_enc", "dit"] = "dit"     # denoiser body: afford-motion's encoder or DiT blocks
+    arch: Literal["trans_enc", "dit", "dit_cross"] = "dit"  # denoiser body: afford-motion's encoder, or the guide's fork's DiT / DiT with contact cross-attention
     latent_dim: int = bounded(512, ge=1)          # transformer width
     num_layers: list[int] = bounded([1, 1, 1, 1, 1], ge=0)  # layers per stage; total layers = sum
     num_heads: int = bounded(8, ge=1)             # attention heads (must divide latent_dim)
     dim_feedforward: int = bounded(1024, ge=1)    # MLP hidden width
     dropout: float = bounded(0.15, ge=0, lt=1)    # dropout in attention and MLP
     dit_drop_path: float = bounded(0.05, ge=0, lt=1)  # stochastic depth of DiT blocks
-    dit_use_cross_attn_pooling: bool = True       # DiT reads the condition through cross-attention pooling
+    dit_use_cross_attn_pooling: bool = True       # dit pools the contact tokens by learned-query cross-attention (else their mean)
     text_drop_prob: float = bounded(0.1, ge=0, lt=1)     # classifier-free dropout of the text condition
     contact_drop_prob: float = bounded(0.1, ge=0, lt=1)  # classifier-free dropout of the contact condition
     text_model: TextModelConfig = field(default_factory=TextModelConfig)  # frozen text encoder
@@ -413,6 +413,13 @@ def _check_cross_fields(cfg: Config, origin: dict):
         fail(["model.latent_dim", "model.num_heads"],
              f"model.latent_dim = {m.latent_dim} is not divisible by model.num_heads = {m.num_heads}",
              "make model.latent_dim a multiple of model.num_heads, e.g. 512 with 8 heads")
+    if m.arch == "dit_cross" and not d.use_contacts:
+        fail(["model.arch", "data.use_contacts"], "model.arch = 'dit_cross' cross-attends the contact tokens "
+             "but data.use_contacts is false", "set data.use_contacts=true, or use model.arch=dit")
+    if m.arch == "dit" and m.dit_use_cross_attn_pooling and d.use_contacts and m.latent_dim % 8:
+        fail(["model.latent_dim", "model.dit_use_cross_attn_pooling"],
+             f"model.latent_dim = {m.latent_dim} is not a multiple of 8 (the contact pooling attention has 8 heads)",
+             "use a multiple of 8, e.g. model.latent_dim=512, or model.dit_use_cross_attn_pooling=false")
     if e.ddim_steps > cfg.diffusion.steps:
         fail(["evaluation.ddim_steps", "diffusion.steps"],
              f"evaluation.ddim_steps = {e.ddim_steps} exceeds diffusion.steps = {cfg.diffusion.steps}",

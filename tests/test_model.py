@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from cmdm.model import CMDM, ContactEncoder, TextEncoder, build_model
-from cmdm.model.blocks import DiTBlock, DropPath, Dropout, LatentPooler
+from cmdm.model.blocks import DiTBlock, DiTCrossBlock, DropPath, Dropout, LatentPooler
 from cmdm.model.condition import farthest_point_sample
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 TEXT_DIM, B, T, N_POINTS = 16, 3, 16, 64
-ARCHS = [("trans_enc", "cross_attn"), ("dit", "cross_attn"), ("dit", "concat")]
+ARCHS = [("trans_enc", "cross_attn"), ("dit", "adaln"), ("dit", "cross_attn"), ("dit", "concat"), ("dit_cross", "adaln")]
 
 
 def tiny(arch="dit", fusion="cross_attn", **kw):
@@ -59,8 +59,8 @@ def test_forward_shapes_and_condition_tokens(arch, fusion):
     model = tiny(arch, fusion)
     text, contact, x, t, mask = inputs()
     cond = model.encode_conditions(text, contact)
-    # text (1 pooled token) + contact (8 tokens pooled to 4 latents); the DiT pools all to 4 latents.
-    assert cond["tokens"].shape == (B, 4 if arch == "dit" else 1 + 4, 32)
+    # text (1 pooled token) + contact (8 tokens pooled to 4 latents); dit_cross: the 8 contact tokens.
+    assert cond["tokens"].shape == (B, 8 if arch == "dit_cross" else 1 + 4, 32)
     assert cond["text_vec"].shape == (B, 32)
     out = model(x, t, cond, mask)
     assert out.shape == (B, T, 263) and torch.isfinite(out).all()
@@ -100,12 +100,14 @@ def test_padded_frames_never_change_valid_frames(arch, fusion):
 def test_dit_block_is_identity_at_init():
     torch.manual_seed(0)
     x, c, ctx = torch.randn(2, 7, 32), torch.randn(2, 32), torch.randn(2, 5, 32)
-    for cross in (False, True):
-        block = DiTBlock(32, 4, 64, dropout=0.0, drop_path=0.0, cross_attn=cross)
-        assert torch.equal(block(x, c, context=ctx if cross else None), x)
-        # ... and it stops being the identity once the modulation has weights.
-        torch.nn.init.normal_(block.adaLN_modulation[-1].weight, std=0.1)
-        assert not torch.allclose(block(x, c, context=ctx if cross else None), x)
+    block = DiTBlock(32, 4, 64, dropout=0.0, drop_path=0.0)
+    assert torch.equal(block(x, c), x)
+    # ... and it stops being the identity once the modulation has weights.
+    torch.nn.init.normal_(block.adaLN_modulation[-1].weight, std=0.1)
+    assert not torch.allclose(block(x, c), x)
+    # The fork's cross block gates its attention branches only: at init it is x + MLP(norm(x)).
+    block = DiTCrossBlock(32, 4, 64, dropout=0.0, drop_path=0.0)
+    assert torch.allclose(block(x, c, context=ctx), x + block.mlp(block.norm3(x)), atol=1e-6)
 
 
 def test_untrained_dit_predicts_zero():
@@ -125,7 +127,7 @@ def test_drop_path_is_off_in_eval_and_on_in_train():
     assert torch.allclose(y[~dropped], x[~dropped] * 2)  # survivors rescaled by 1/(1-p)
 
     model = tiny("dit", dropout=0.0, dit_drop_path=0.5)
-    assert [b.drop_path.p for b in model.blocks] == [0.0, 0.5]  # linear in depth
+    assert [b.drop_path.p for b in model.dit_blocks] == [0.0, 0.5]  # linear in depth
     open_dit_gates(model)
     text, contact, x, t, mask = inputs()
     cond = model.encode_conditions(text, contact)
@@ -317,7 +319,8 @@ def test_per_token_text_conditions_carry_the_padding_mask(arch, fusion, minilm_t
     _, contact, x, t, mask = inputs()
     cond = model.encode_conditions(["walk", "a person walks in a circle", "jump"], contact)
     text_pad = enc.encode(["walk", "a person walks in a circle", "jump"])[1]
-    assert text_pad.any() and torch.equal(cond["pad"][:, : text_pad.shape[1]], text_pad)
+    if arch != "dit_cross":  # dit_cross attends the contact tokens only
+        assert text_pad.any() and torch.equal(cond["pad"][:, : text_pad.shape[1]], text_pad)
     assert not cond["pad"][:, text_pad.shape[1]:].any()  # contact latents are all valid
     # text_vec is the mean over valid tokens only
     tok = model.language_adapter(enc.encode(["walk"])[0])[0]
@@ -417,11 +420,11 @@ def test_build_model_from_configs(path, minilm, monkeypatch):
     cfg = load_config(os.path.join(os.path.dirname(__file__), "..", path))
     model = build_model(cfg).eval()
     m, ce = cfg.model, cfg.model.condition_embedder
-    assert model.arch == m.arch and len(model.blocks) == sum(m.num_layers)
+    assert model.arch == m.arch and len(model.dit_blocks) == sum(m.num_layers)
     assert model.contact_encoder.num_tokens == ce.contact_num_tokens
-    assert model.contact_pooler.latents.shape == (ce.num_latents, m.latent_dim)
-    assert model.blocks[0].cross_attn == (ce.fusion_method == "cross_attn")
-    assert model.blocks[-1].drop_path.p == pytest.approx(m.dit_drop_path)
+    assert model.cond_embedder.contact_query.shape == (1, ce.num_latents, m.latent_dim)
+    assert hasattr(model.dit_blocks[0], "cross_attn") == (ce.fusion_method == "cross_attn")
+    assert model.dit_blocks[-1].drop_path.p == pytest.approx(m.dit_drop_path)
     assert model.timestep_embedder.pe.shape[0] == cfg.diffusion.steps
     n = 256
     contact = torch.rand(2, n, 3 + len(cfg.data.contact_joints))
@@ -440,4 +443,7 @@ def test_config_arch_and_fusion_switches():
     cfg = load_config(None, ["model.condition_embedder.fusion_method=concat", "model.dit_use_cross_attn_pooling=false",
                              "model.latent_dim=32", "model.num_heads=4", "model.num_layers=[1]"])
     model = build_model(cfg, load_text_encoder=False)
-    assert not model.blocks[0].cross_attn and not hasattr(model, "cond_pooler")
+    assert isinstance(model.dit_blocks[0], DiTBlock) and not hasattr(model.cond_embedder, "contact_query")
+    cfg = load_config(None, ["model.arch=dit_cross", "model.latent_dim=32", "model.num_heads=4", "model.num_layers=[1]"])
+    model = build_model(cfg, load_text_encoder=False)
+    assert isinstance(model.dit_blocks[0], DiTCrossBlock) and not hasattr(model.cond_embedder, "contact_query")

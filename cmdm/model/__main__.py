@@ -46,7 +46,7 @@ def main(argv=None):
     print(f"{cfg.name}: arch={cfg.model.arch} latent_dim={cfg.model.latent_dim} "
           f"layers={sum(cfg.model.num_layers)} contacts={cfg.data.use_contacts}")
     counts = model.parameter_counts()
-    trainable = sum(v for k, v in counts.items() if not k.startswith("text_encoder"))
+    trainable = sum(v for k, v in counts.items() if "frozen" not in k)
     for part, n in counts.items():
         print(f"  {part:<45} {n / 1e6:9.3f} M")
     print(f"  {'trainable total (saved in checkpoints)':<45} {trainable / 1e6:9.3f} M")

@@ -1,4 +1,4 @@
-"""Building blocks of the CMDM denoiser: embeddings, attention, DiT blocks, latent pooling.
+"""Building blocks of the CMDM denoiser: embeddings, attention, DiT blocks, condition pooling.
 
 Masks follow one convention inside the model: `pad` is a bool tensor that is True where a
 token is padding (PyTorch's `key_padding_mask` convention). The public model API takes the
@@ -143,8 +143,12 @@ class DropPath(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# DiT blocks with adaLN-Zero
+# DiT blocks with adaLN-Zero: the guide's fork (syrelink/afford-motion, models/trick/dit_block.py)
 # --------------------------------------------------------------------------------------------
+# Module names and maths follow that fork so its `dit` / `dit_cross` checkpoints load strictly
+# and give its forward pass: attention is nn.MultiheadAttention (dropout on the attention
+# weights, fused `in_proj`), the MLP drops after GELU and after fc2, stochastic depth drops
+# whole samples of each gated branch.
 
 def modulate(x, shift, scale):
     """adaLN: per-sample affine x * (1 + scale) + shift of a normalised (B, S, D) sequence;
@@ -152,65 +156,151 @@ def modulate(x, shift, scale):
     return torch.addcmul(shift, x, 1 + scale)  # one fused pass over x
 
 
-class DiTBlock(nn.Module):
-    """Pre-norm transformer block whose norms are modulated by the conditioning vector `c`.
+class DiTMlp(nn.Module):
+    """fc1 -> GELU -> dropout -> fc2 -> dropout (the fork's MLP)."""
 
-    Sub-layers: self-attention over the sequence, optional cross-attention to condition tokens
-    (fusion_method='cross_attn'), MLP. Each has a (shift, scale, gate) triple regressed from `c`.
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+        self.drop = Dropout(dropout)
+
+    def forward(self, x):
+        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+
+
+def _zero_init_(linear: nn.Linear):
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero block over one sequence: self-attention and MLP, each with a (shift, scale,
+    gate) triple regressed from the condition vector `c` (the fork's `dit` block).
+
+    adaLN-Zero: the regression starts at exactly zero, so every gate is 0 and the block is the
+    identity at init; training opens the residual branches.
     """
 
-    def __init__(self, dim, num_heads, ff_dim, dropout=0.0, drop_path=0.0, cross_attn=False):
+    def __init__(self, dim, num_heads, ff_dim, dropout=0.0, drop_path=0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(dim, num_heads, dropout)
-        self.cross_attn = cross_attn
-        if cross_attn:
-            self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-            self.cross = Attention(dim, num_heads, dropout, cross=True)
-        self.norm3 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(dim, ff_dim, dropout)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.mlp = DiTMlp(dim, ff_dim, dropout)
         self.drop_path = DropPath(drop_path)
-        self.num_mod = 9 if cross_attn else 6
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, self.num_mod * dim))
-        # adaLN-Zero: the regression of (shift, scale, gate) starts at exactly zero, so every gate
-        # is 0 and the block is the identity at init; training opens the residual branches.
-        nn.init.zeros_(self.adaLN_modulation[-1].weight)
-        nn.init.zeros_(self.adaLN_modulation[-1].bias)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        _zero_init_(self.adaLN_modulation[-1])
+
+    def forward(self, x, c, pad=None):
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).unsqueeze(1).chunk(6, dim=-1)
+        h = modulate(self.norm1(x), shift1, scale1)
+        h = self.attn(h, h, h, key_padding_mask=pad, need_weights=False)[0]
+        # x + gate * drop_path(branch): stochastic depth scales whole samples, so it is applied
+        # to the (B, 1, D) gate: same result, no full-size mask.
+        x = torch.addcmul(x, self.drop_path(gate1), h)
+        h = self.mlp(modulate(self.norm2(x), shift2, scale2))
+        return torch.addcmul(x, self.drop_path(gate2), h)
+
+
+class DiTCrossBlock(nn.Module):
+    """adaLN block with cross-attention to context tokens between self-attention and MLP
+    (the fork's `dit_cross` block, DiTBlockWithCrossAttention).
+
+    As in the fork: 8 modulation chunks (shift, scale, gate for self- and cross-attention, shift
+    and scale for the MLP, whose branch is not gated), and the context is layer-normalised with
+    a learned affine (`norm_context`) before it is attended.
+    """
+
+    def __init__(self, dim, num_heads, ff_dim, dropout=0.0, drop_path=0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.norm3 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.norm_context = nn.LayerNorm(dim, eps=1e-6)
+        self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.mlp = DiTMlp(dim, ff_dim, dropout)
+        self.drop_path = DropPath(drop_path)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 8 * dim))
+        _zero_init_(self.adaLN_modulation[-1])
 
     def forward(self, x, c, pad=None, context=None, context_pad=None):
-        mod = self.adaLN_modulation(c).unsqueeze(1).chunk(self.num_mod, dim=-1)  # each (B, 1, D)
-        # x + drop_path(gate * branch): stochastic depth scales whole samples, so it is applied
-        # to the (B, 1, D) gate rather than to the (B, S, D) branch output: same result, no
-        # full-size mask. addcmul fuses the gating product and the residual sum.
-        shift, scale, gate = mod[0:3]
-        h = self.attn(modulate(self.norm1(x), shift, scale), pad=pad)
-        x = torch.addcmul(x, self.drop_path(gate), h)
-        if self.cross_attn:
-            shift, scale, gate = mod[3:6]
-            h = self.cross(modulate(self.norm2(x), shift, scale), context=context, pad=context_pad)
-            x = torch.addcmul(x, self.drop_path(gate), h)
-        shift, scale, gate = mod[-3:]
-        h = self.mlp(modulate(self.norm3(x), shift, scale))
-        return torch.addcmul(x, self.drop_path(gate), h)
+        mod = self.adaLN_modulation(c).unsqueeze(1).chunk(8, dim=-1)
+        h = modulate(self.norm1(x), mod[0], mod[1])
+        h = self.self_attn(h, h, h, key_padding_mask=pad, need_weights=False)[0]
+        x = torch.addcmul(x, self.drop_path(mod[2]), h)
+        ctx = self.norm_context(context)
+        h = modulate(self.norm2(x), mod[3], mod[4])
+        h = self.cross_attn(h, ctx, ctx, key_padding_mask=context_pad, need_weights=False)[0]
+        x = torch.addcmul(x, self.drop_path(mod[5]), h)
+        return x + self.drop_path(self.mlp(modulate(self.norm3(x), mod[6], mod[7])))
 
 
 class FinalLayer(nn.Module):
-    """adaLN-modulated norm, then Linear to the motion features; zero-initialised (DiT)."""
+    """adaLN-modulated norm, then Linear to the motion features; zero-initialised (DiT).
+
+    Zero output at init: the untrained denoiser predicts x0 = 0 (the data mean after
+    normalisation), the safest first guess; gradients still reach it through the bias.
+    """
 
     def __init__(self, dim: int, out_dim: int):
         super().__init__()
-        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.norm_final = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.linear = nn.Linear(dim, out_dim)
-        # Zero output at init: the untrained denoiser predicts x0 = 0 (the data mean after
-        # normalisation), the safest first guess; gradients still reach it through the bias.
-        for layer in (self.adaLN_modulation[-1], self.linear):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        _zero_init_(self.adaLN_modulation[-1])
+        _zero_init_(self.linear)
 
     def forward(self, x, c):
         shift, scale = self.adaLN_modulation(c).unsqueeze(1).chunk(2, dim=-1)
-        return self.linear(modulate(self.norm(x), shift, scale))
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+class ConditionEmbedder(nn.Module):
+    """time + text + contact -> the one condition vector `c` that modulates every DiT block.
+
+    The contact tokens (B, K, D) are first pooled to one vector: by `num_latents` learned
+    queries cross-attending them (`contact_query`, `contact_attn` with 8 heads, `contact_norm`;
+    the latents' outputs are averaged), or by a mean over the tokens (pooling=False). Then
+    `proj` = Linear(3D, D) -> SiLU -> Linear(D, D) maps [time, text, pooled contact] to `c`.
+    num_latents=1 is exactly the fork's ConditionEmbedder; more latents are this project's
+    extension (several queries read the scene, and `pool` also returns them as tokens for the
+    blocks to attend). Without contacts `proj` reads [time, text] (2D).
+    """
+
+    POOL_HEADS = 8   # the fork's, whatever model.num_heads is
+
+    def __init__(self, dim: int, num_latents: int = 1, pooling: bool = True, use_contacts: bool = True):
+        super().__init__()
+        self.pooling = pooling and use_contacts
+        if self.pooling:
+            if dim % self.POOL_HEADS:
+                raise ValueError(f"latent_dim {dim} must be a multiple of {self.POOL_HEADS} "
+                                 f"(the contact pooling attention has {self.POOL_HEADS} heads)")
+            # Queries start small and random (std 0.02, the fork's), so they differ from one another.
+            self.contact_query = nn.Parameter(torch.randn(1, num_latents, dim) * 0.02)
+            self.contact_attn = nn.MultiheadAttention(dim, self.POOL_HEADS, batch_first=True)
+            self.contact_norm = nn.LayerNorm(dim)
+        n_inputs = 3 if use_contacts else 2
+        self.proj = nn.Sequential(nn.Linear(n_inputs * dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def pool(self, contact_tok, pad=None):
+        """(B, K, D) contact tokens -> pooled vector (B, D) and the tokens it summarises:
+        the num_latents query outputs (pooling) or the K tokens themselves (mean)."""
+        if self.pooling:
+            query = self.contact_query.expand(contact_tok.shape[0], -1, -1)
+            latents = self.contact_attn(query, contact_tok, contact_tok, key_padding_mask=pad,
+                                        need_weights=False)[0]
+            latents = self.contact_norm(latents)
+            return latents.mean(1), latents
+        if pad is None:
+            return contact_tok.mean(1), contact_tok
+        valid = (~pad).to(contact_tok.dtype).unsqueeze(-1)
+        return (contact_tok * valid).sum(1) / valid.sum(1).clamp(min=1.0), contact_tok
+
+    def forward(self, t_emb, text_vec, contact_vec=None):
+        parts = [t_emb, text_vec] + ([contact_vec] if contact_vec is not None else [])
+        return self.proj(torch.cat(parts, dim=-1))
 
 
 # --------------------------------------------------------------------------------------------

@@ -163,3 +163,65 @@ def load_model_weights(model: torch.nn.Module, path_or_state, strict: bool = Tru
     if verbose or (verbose is None and partial):
         print(report.summary())
     return report
+
+
+def dit_settings(state: dict) -> dict | None:
+    """The model settings a DiT state dict (the guide's fork's `dit` / `dit_cross` layout, or
+    ours) was built with, read off its keys and shapes as dotted config keys; None when the
+    state dict holds no DiT. Settings its tensors cannot tell apart are left out (e.g. 'adaln'
+    and 'concat' fusion share one layout)."""
+    state = {_strip_prefixes(k): v for k, v in state.items()}
+    if "dit_blocks.0.adaLN_modulation.1.weight" not in state or "motion_adapter.weight" not in state:
+        return None
+    cross = "dit_blocks.0.self_attn.in_proj_weight" in state
+    pooled = "cond_embedder.contact_query" in state
+    depth = len({k.split(".")[1] for k in state if k.startswith("dit_blocks.")})
+    out = {"model.arch": "dit_cross" if cross and not pooled else "dit",
+           "model.latent_dim": state["motion_adapter.weight"].shape[0],
+           "model.num_layers": depth,
+           "model.dim_feedforward": state["dit_blocks.0.mlp.fc1.weight"].shape[0]}
+    if out["model.arch"] == "dit":
+        if "contact_adapter.weight" in state:
+            out["model.dit_use_cross_attn_pooling"] = pooled
+        if pooled:
+            out["model.condition_embedder.num_latents"] = state["cond_embedder.contact_query"].shape[1]
+        out["model.condition_embedder.fusion_method"] = "cross_attn" if cross else "adaln"
+    return out
+
+
+def dit_settings_mismatch(state: dict, model_cfg) -> list:
+    """`key=value` overrides that `model_cfg` needs so a DiT state dict fits it (empty when it
+    fits or the state dict is no DiT). A state dict of this project's DiT from before its layout
+    followed the fork (`blocks.N`, `cond_pooler`) raises CheckpointError: it cannot be mapped."""
+    keys = {_strip_prefixes(k) for k in state}
+    if "dit_blocks.0.adaLN_modulation.1.weight" not in keys and (
+            "blocks.0.adaLN_modulation.1.weight" in keys or "cond_type_embed" in keys):
+        raise CheckpointError(
+            "this checkpoint is a cmdm-tune DiT written before the dit layout followed the guide's fork "
+            "(its keys blocks.N / cond_pooler / cond_type_embed have no counterpart in the current model); "
+            "it cannot be loaded strictly: train again, or pass --partial to load the parts that still match")
+    need = dit_settings(state)
+    if need is None:
+        return []
+    ce = model_cfg.condition_embedder
+    have = {"model.arch": model_cfg.arch, "model.latent_dim": model_cfg.latent_dim,
+            "model.num_layers": sum(model_cfg.num_layers), "model.dim_feedforward": model_cfg.dim_feedforward,
+            "model.dit_use_cross_attn_pooling": model_cfg.dit_use_cross_attn_pooling,
+            "model.condition_embedder.num_latents": ce.num_latents,
+            "model.condition_embedder.fusion_method": ce.fusion_method}
+    if have["model.condition_embedder.fusion_method"] == "concat":
+        have["model.condition_embedder.fusion_method"] = "adaln"   # same layout
+    out = []
+    text_dim = {_strip_prefixes(k): v for k, v in state.items()}.get("language_adapter.weight")
+    if text_dim is not None and model_cfg.text_model.name.lower() == "all-minilm-l6-v2" and text_dim.shape[1] != 384:
+        out.append(f"model.text_model.name=<a text model with {text_dim.shape[1]}-d features, "
+                   f"e.g. a local CLIP ViT-B/32 directory>")
+    for key, value in need.items():
+        if have[key] != value:
+            if key == "model.num_layers":
+                out.append(f"model.num_layers=[{','.join(['1'] * value)}]")
+            elif isinstance(value, bool):
+                out.append(f"{key}={str(value).lower()}")
+            else:
+                out.append(f"{key}={value}")
+    return out

@@ -1,12 +1,14 @@
-"""CMDM: the text- and contact-conditioned motion denoiser of afford-motion, two bodies.
+"""CMDM: the text- and contact-conditioned motion denoiser of afford-motion, three bodies.
 
     model = build_model(cfg)                                   # cfg: cmdm.config.Config
     cond = model.encode_conditions(texts, contact)             # once per batch
     x0_hat = model(x_t, t, cond, mask)                         # (B, T, 263), every step
 
 Conditions are encoded once and reused at every diffusion step: `cond` is a dict with
-  text_vec (B, D)   the pooled text feature, added to the time embedding (DiT adaLN input),
-  tokens   (B, S, D) the condition tokens: text (1 pooled or L per-token) then contact tokens,
+  text_vec (B, D)   the pooled text feature (mean over valid tokens; the one pooled token for CLIP),
+  contact_vec (B, D) DiT only: the pooled contact vector that joins c,
+  tokens   (B, S, D) the condition tokens: text (1 pooled or L per-token) then contact tokens
+                    (dit_cross: the contact tokens only),
   pad      (B, S)   True where a condition token is padding,
 plus `_`-prefixed raw features from which `null_conditions` builds the unconditional twin.
 
@@ -15,20 +17,27 @@ Bodies (`arch`):
              sinusoidal positions over all of it, post-norm nn.TransformerEncoder (GELU),
              key padding for padded frames and text padding, motion tokens -> Linear -> 263.
              Module names match afford-motion's, so its trained weights load (checkpoint.py).
-             (fusion_method and the dit_* keys do not apply to it.)
-  dit        DiT blocks on the motion tokens, adaLN-Zero modulated by c = time + pooled text;
-             the condition tokens are reached through cross-attention in every block
-             (fusion_method='cross_attn') or by joining the sequence (fusion_method='concat').
-
-What afford-motion's stable guide only names is made real here:
-  condition_embedder.use_cross_attn_pooling + num_latents
-             the K contact tokens are pooled by `num_latents` learned latents (Perceiver
-             cross-attention) before they join the conditions (both archs);
-  dit_use_cross_attn_pooling
-             the DiT's whole condition token set (text + contact) is pooled the same way, so
-             every block attends a fixed `num_latents` tokens whatever the text length;
-  condition_embedder.fusion_method
-             how the DiT reaches the condition tokens (above).
+             condition_embedder.use_cross_attn_pooling + num_latents pool the K contact tokens
+             with `num_latents` learned latents (Perceiver cross-attention) before they join;
+             fusion_method and the dit_* keys do not apply.
+  dit        the guide's fork (syrelink/afford-motion, arch 'dit'): DiT blocks (`dit_blocks`)
+             over the motion tokens (sinusoidal positions on the motion only), adaLN-Zero
+             modulated by one condition vector c = cond_embedder([time, text, pooled contact]);
+             `final_layer` maps to 263. The contact tokens are pooled by cross-attention of
+             `num_latents` learned queries (dit_use_cross_attn_pooling=true) or by their mean.
+             condition_embedder.fusion_method says how else the blocks reach the conditions:
+               adaln       only through c: the fork's `dit`;
+               cross_attn  (extension) every block also cross-attends the condition tokens
+                           [text(1|L), pooled contact latents] (the fork's dit_cross block);
+               concat      (extension) those tokens join the motion sequence in self-attention.
+             With num_latents=1 and fusion_method=adaln the module set, names and forward pass
+             are the fork's, so its checkpoints load strictly; more latents average their
+             outputs into c (and give as many tokens to attend).
+  dit_cross  the fork's 'dit_cross': c = cond_embedder([time, text, mean of the contact tokens]),
+             every block cross-attends all K contact tokens; exactly the fork's module (num_latents,
+             fusion_method and dit_use_cross_attn_pooling do not apply; it needs contacts).
+  Both DiT archs carry the fork's `motion_layer` (a Linear the fork builds but never uses),
+  frozen, only so that the fork's state dicts load strictly.
 
 Condition dropout (classifier-free guidance) erases a condition the way afford-motion does:
 the raw text feature / the contact-encoder output is multiplied by 0 before its adapter, so the
@@ -39,7 +48,8 @@ the raw text feature / the contact-encoder output is multiplied by 0 before its 
 import torch
 import torch.nn as nn
 
-from cmdm.model.blocks import DiTBlock, FinalLayer, LatentPooler, PositionalEncoding, TimestepEmbedder
+from cmdm.model.blocks import (ConditionEmbedder, DiTBlock, DiTCrossBlock, FinalLayer, LatentPooler,
+                               PositionalEncoding, TimestepEmbedder)
 from cmdm.model.condition import ContactEncoder
 from cmdm.model.text import TextEncoder
 
@@ -58,10 +68,12 @@ class CMDM(nn.Module):
                  text_drop_prob: float = 0.1, contact_drop_prob: float = 0.1,
                  num_timesteps: int = 1000, pos_dropout: float = 0.1):
         super().__init__()
-        if arch not in ("trans_enc", "dit"):
-            raise ValueError(f"arch must be 'trans_enc' or 'dit', got {arch!r}")
-        if fusion_method not in ("cross_attn", "concat"):
-            raise ValueError(f"fusion_method must be 'cross_attn' or 'concat', got {fusion_method!r}")
+        if arch not in ("trans_enc", "dit", "dit_cross"):
+            raise ValueError(f"arch must be 'trans_enc', 'dit' or 'dit_cross', got {arch!r}")
+        if fusion_method not in ("adaln", "cross_attn", "concat"):
+            raise ValueError(f"fusion_method must be 'adaln', 'cross_attn' or 'concat', got {fusion_method!r}")
+        if arch == "dit_cross" and not use_contacts:
+            raise ValueError("arch 'dit_cross' cross-attends the contact tokens: it needs use_contacts=True")
         if text_encoder is None and text_dim is None:
             raise ValueError("give a text_encoder, or text_dim when captions arrive as features")
         depth = sum(num_layers) if isinstance(num_layers, (list, tuple)) else int(num_layers)
@@ -80,7 +92,7 @@ class CMDM(nn.Module):
             self.contact_encoder = ContactEncoder(contact_in_dim, contact_num_tokens, contact_dim,
                                                   group_size=contact_group_size)
             self.contact_adapter = nn.Linear(contact_dim, D)
-            if use_cross_attn_pooling:
+            if use_cross_attn_pooling and arch == "trans_enc":
                 self.contact_pooler = LatentPooler(D, num_latents, num_heads, dim_feedforward, dropout)
 
         # ---- body --------------------------------------------------------------------------
@@ -92,18 +104,19 @@ class CMDM(nn.Module):
             self.self_attn_layer = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
             self.motion_layer = nn.Linear(D, motion_dim)
         else:
-            self.positional_encoder = PositionalEncoding(D, dropout=0.0)
-            # Which condition a token came from (text / contact): a learned offset per kind,
-            # small at init (std 0.02) like position tables.
-            self.cond_type_embed = nn.Parameter(torch.randn(2, D) * 0.02)
-            if dit_use_cross_attn_pooling:
-                self.cond_pooler = LatentPooler(D, num_latents, num_heads, dim_feedforward, dropout)
-            # Stochastic depth grows linearly with depth, 0 at the first block (timm ViT practice).
-            rates = torch.linspace(0, dit_drop_path, depth).tolist() if depth > 1 else [dit_drop_path]
-            self.blocks = nn.ModuleList(
-                DiTBlock(D, num_heads, dim_feedforward, dropout, rate, cross_attn=fusion_method == "cross_attn")
-                for rate in rates)
+            self.positional_encoder = PositionalEncoding(D, dropout=pos_dropout)
+            self.cond_embedder = ConditionEmbedder(
+                D, num_latents, pooling=dit_use_cross_attn_pooling and arch == "dit", use_contacts=use_contacts)
+            # Stochastic depth grows linearly with depth, 0 at the first block (the fork's rule).
+            rates = [dit_drop_path * i / (depth - 1) for i in range(depth)] if depth > 1 else [0.0]
+            cross = arch == "dit_cross" or fusion_method == "cross_attn"
+            block = DiTCrossBlock if cross else DiTBlock
+            self.dit_blocks = nn.ModuleList(block(D, num_heads, dim_feedforward, dropout, rate) for rate in rates)
             self.final_layer = FinalLayer(D, motion_dim)
+            # The fork builds this output head for every arch but its DiTs never use it; it is
+            # kept (frozen: no gradient, no optimiser state, no DDP unused-parameter error) so the
+            # fork's state dicts load strictly.
+            self.motion_layer = nn.Linear(D, motion_dim).requires_grad_(False)
 
     # ----------------------------------------------------------------------------------------
     # construction from the typed config
@@ -195,22 +208,33 @@ class CMDM(nn.Module):
         text_tok = self.language_adapter(text_feat)                                  # (B, L, D)
         valid = (~text_pad).to(text_tok.dtype).unsqueeze(-1)
         text_vec = (text_tok * valid).sum(1) / valid.sum(1).clamp(min=1.0)           # (B, D)
-        tokens, pads = [text_tok], [text_pad]
+        contact_tok = None
         if contact_feat is not None:
             if drop_contact is not None:
                 contact_feat = contact_feat * (~drop_contact.bool()).to(contact_feat.dtype)[:, None, None]
             contact_tok = self.contact_adapter(contact_feat)                          # (B, K, D)
-            if hasattr(self, "contact_pooler"):
-                contact_tok = self.contact_pooler(contact_tok)                        # (B, latents, D)
-            tokens.append(contact_tok)
-            pads.append(torch.zeros(contact_tok.shape[:2], dtype=torch.bool, device=contact_tok.device))
-        if self.arch == "dit":
-            tokens = [tok + self.cond_type_embed[i] for i, tok in enumerate(tokens)]
-        tokens, pad = torch.cat(tokens, 1), torch.cat(pads, 1)
-        if hasattr(self, "cond_pooler"):
-            tokens = self.cond_pooler(tokens, pad)
-            pad = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-        return {"text_vec": text_vec, "tokens": tokens, "pad": pad, **raw}
+        if self.arch == "trans_enc":
+            tokens, pads = [text_tok], [text_pad]
+            if contact_tok is not None:
+                if hasattr(self, "contact_pooler"):
+                    contact_tok = self.contact_pooler(contact_tok)                    # (B, latents, D)
+                tokens.append(contact_tok)
+                pads.append(torch.zeros(contact_tok.shape[:2], dtype=torch.bool, device=contact_tok.device))
+            return {"text_vec": text_vec, "tokens": torch.cat(tokens, 1), "pad": torch.cat(pads, 1), **raw}
+
+        # DiT: the pooled contact vector joins c in `forward` (c depends on t); the tokens are
+        # what the blocks attend: the K contact tokens (dit_cross) or [text, pooled contact].
+        out = {"text_vec": text_vec, **raw}
+        tokens, pad = text_tok, text_pad
+        if contact_tok is not None:
+            out["contact_vec"], contact_ctx = self.cond_embedder.pool(contact_tok)   # (B, D), (B, L|K, D)
+            contact_pad = torch.zeros(contact_ctx.shape[:2], dtype=torch.bool, device=contact_ctx.device)
+            if self.arch == "dit_cross":
+                tokens, pad = contact_tok, contact_pad
+            else:
+                tokens, pad = torch.cat([text_tok, contact_ctx], 1), torch.cat([text_pad, contact_pad], 1)
+        out["tokens"], out["pad"] = tokens, pad
+        return out
 
     def null_conditions(self, cond: dict) -> dict:
         """The unconditional twin of `cond` (both conditions erased) for classifier-free guidance."""
@@ -236,17 +260,20 @@ class CMDM(nn.Module):
             h = self.self_attn_layer(self.positional_encoder(seq), src_key_padding_mask=key_pad)
             return self.motion_layer(h[:, -T:])
 
-        c = t_emb + cond["text_vec"]
+        c = self.cond_embedder(t_emb, cond["text_vec"], cond.get("contact_vec"))
         h = self.positional_encoder(x)
-        if self.fusion_method == "concat":
+        if self.arch == "dit_cross" or self.fusion_method == "cross_attn":
+            for block in self.dit_blocks:
+                h = block(h, c, pad=pad, context=cond["tokens"], context_pad=cond["pad"])
+        elif self.fusion_method == "concat":
             S = cond["tokens"].shape[1]
             h, hpad = torch.cat([cond["tokens"], h], 1), torch.cat([cond["pad"], pad], 1)
-            for block in self.blocks:
+            for block in self.dit_blocks:
                 h = block(h, c, pad=hpad)
             h = h[:, S:]
-        else:
-            for block in self.blocks:
-                h = block(h, c, pad=pad, context=cond["tokens"], context_pad=cond["pad"])
+        else:                                           # adaln: the fork's dit
+            for block in self.dit_blocks:
+                h = block(h, c, pad=pad)
         return self.final_layer(h, c)
 
     # ----------------------------------------------------------------------------------------
@@ -257,7 +284,7 @@ class CMDM(nn.Module):
         """Trainable parameters per top-level part, plus the frozen text encoder (not saved)."""
         counts = {}
         for name, p in self.named_parameters():
-            part = name.split(".")[0]
+            part = name.split(".")[0] + ("" if p.requires_grad else " (frozen, fork compatibility)")
             counts[part] = counts.get(part, 0) + p.numel()
         if self.text_encoder is not None:
             counts["text_encoder (frozen, not in checkpoints)"] = self.text_encoder.num_parameters
