@@ -25,7 +25,7 @@ ARCHS = [("trans_enc", "cross_attn"), ("dit", "cross_attn"), ("dit", "concat")]
 def tiny(arch="dit", fusion="cross_attn", **kw):
     args = dict(arch=arch, fusion_method=fusion, latent_dim=32, num_layers=[1, 1], num_heads=4,
                 dim_feedforward=64, text_dim=TEXT_DIM, contact_num_tokens=8, contact_dim=16,
-                num_latents=4, num_timesteps=100, contact_group_size=8)
+                num_latents=4, num_timesteps=100, contact_group_size=8, contact_arch="compact")
     args.update(kw)
     torch.manual_seed(0)
     return CMDM(**args)

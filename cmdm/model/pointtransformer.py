@@ -281,13 +281,9 @@ class SceneMapEncoder(nn.Module):
             in_planes = width
         self.num_stages = len(planes)
         self.out_dim = planes[-1]
-
-    @staticmethod
-    def num_tokens(num_points: int) -> int:
-        n = num_points
+        self.num_tokens = num_points
         for stride in STRIDES:
-            n //= stride
-        return n
+            self.num_tokens //= stride           # tokens per scene of num_points points (N/64)
 
     def forward(self, p: torch.Tensor, x: torch.Tensor, hoods: list | None = None) -> torch.Tensor:
         """p (B, N, 3), x (B, N, point_feat_dim); hoods from `neighbourhoods(p)` if precomputed."""
