@@ -10,11 +10,16 @@ Conditions are encoded once and reused at every diffusion step: `cond` is a dict
   pad      (B, S)   True where a condition token is padding,
 plus `_`-prefixed raw features from which `null_conditions` builds the unconditional twin.
 
+Contact encoder (`contact_arch`, config model.contact_model.arch):
+  point_transformer  afford-motion's SceneMapEncoder (pointtransformer.py): N/64 tokens x planes[-1];
+  compact            a small PointNet++-style encoder for CPU demos (condition.py).
+
 Bodies (`arch`):
   trans_enc  afford-motion's: one sequence [time(1), text(1|L), contact(K), motion(T)],
              sinusoidal positions over all of it, post-norm nn.TransformerEncoder (GELU),
              key padding for padded frames and text padding, motion tokens -> Linear -> 263.
-             Module names match afford-motion's, so its trained weights load (checkpoint.py).
+             Module names match afford-motion's, so its trained weights load strictly
+             (checkpoint.py) with the point_transformer contact encoder and no contact pooling.
              (fusion_method and the dit_* keys do not apply to it.)
   dit        DiT blocks on the motion tokens, adaLN-Zero modulated by c = time + pooled text;
              the condition tokens are reached through cross-attention in every block
