@@ -132,3 +132,12 @@ def test_config_checks_point_transformer_token_counts():
         load_config("configs/stable.yaml", ["data.contact_num_points=4096"])
     msg = str(err.value)
     assert "model.condition_embedder.contact_num_tokens=64" in msg and "model.contact_model.arch=compact" in msg
+
+
+def test_set_only_mode_keeps_the_kernels_neighbour_sets():
+    """The encoder's kNN (exact_order=False) may reorder equal distances, never change the set."""
+    p = _scene(2, 2, 120)
+    for k in (8, 16):
+        exact, _ = pt.knn_query(p, p, k)
+        loose, _ = pt.knn_query(p, p, k, exact_order=False)
+        assert torch.equal(exact.sort(-1).values, loose.sort(-1).values)

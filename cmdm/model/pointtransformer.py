@@ -122,15 +122,18 @@ def heap_knn(d: torch.Tensor, k: int, chunk: int = 64):
     idx = torch.zeros(R, k, dtype=torch.long, device=d.device)
     start = 0
     while start < n:
-        size = k if start == 0 else chunk
+        size = k if start == 0 else max(chunk, start)           # chunks double: insertions thin out
         block = d[:, start:start + size]
         alive = block < dist[:, :1]
-        order = torch.argsort((~alive).to(torch.int8), dim=1, stable=True)    # survivors first, in order
-        steps = int(alive.sum(1).max())
+        rank = alive.cumsum(1) - 1                                            # survivors packed, in order
+        steps = int(rank[:, -1].max()) + 1
+        order = torch.zeros(R, steps + 1, dtype=torch.long, device=d.device)
+        order.scatter_(1, torch.where(alive, rank, steps), torch.arange(block.shape[1], device=d.device).expand(R, -1))
+        count = rank[:, -1] + 1
         for s in range(steps):
             col = order[:, s]
             v = block[rows, col]
-            take = alive[rows, col] & (v < dist[:, 0])
+            take = (s < count) & (v < dist[:, 0])
             dist[:, 0] = torch.where(take, v, dist[:, 0])
             idx[:, 0] = torch.where(take, col + start, idx[:, 0])
             _sift_down(dist, idx, take, k)
@@ -146,9 +149,13 @@ def heap_knn(d: torch.Tensor, k: int, chunk: int = 64):
 
 
 @torch.no_grad()
-def knn_query(p: torch.Tensor, q: torch.Tensor, k: int):
+def knn_query(p: torch.Tensor, q: torch.Tensor, k: int, exact_order: bool = True):
     """(B, n, 3) points, (B, m, 3) queries -> (B, m, k) indices, (B, m, k) squared distances,
-    as pointops' knnquery gives per sample (ascending; a query in p finds itself)."""
+    as pointops' knnquery gives per sample (ascending; a query in p finds itself).
+
+    exact_order=False still returns the kernel's neighbour *set*, but may order equal distances
+    inside it differently (only rows with a tie at the k-th distance replay the heap): enough for
+    the encoder, which pools neighbours symmetrically (max, softmax-weighted sum, BatchNorm)."""
     B, n, _ = p.shape
     m = q.shape[1]
     idx = torch.zeros(B, m, k, dtype=torch.long, device=p.device)
@@ -158,7 +165,11 @@ def knn_query(p: torch.Tensor, q: torch.Tensor, k: int):
     for s in range(0, m, step):
         d = square_distances(q[:, s:s + step], p)                             # (B, mc, n)
         vals, ids = d.topk(kk, dim=-1, largest=False, sorted=True)
-        tied = (vals[..., 1:] == vals[..., :-1]).any(-1)                      # (B, mc)
+        if exact_order:
+            tied = (vals[..., 1:] == vals[..., :-1]).any(-1)                  # (B, mc)
+        else:
+            tied = (vals[..., 1:] == vals[..., :-1])[..., k - 1:].any(-1) if n > k else \
+                torch.zeros(vals.shape[:2], dtype=torch.bool, device=p.device)
         take = min(k, n)
         idx[:, s:s + step, :take] = ids[..., :take]
         dist2[:, s:s + step, :take] = vals[..., :take]
@@ -187,9 +198,9 @@ def neighbourhoods(p: torch.Tensor) -> list:
         if stride != 1:
             sample = farthest_point_sample(cur, cur.shape[1] // stride)
             new = cur.gather(1, sample[..., None].expand(-1, -1, 3))
-            down = knn_query(cur, new, k)[0]
+            down = knn_query(cur, new, k, exact_order=False)[0]
             cur = new
-        stages.append((cur, sample, down, knn_query(cur, cur, k)[0]))
+        stages.append((cur, sample, down, knn_query(cur, cur, k, exact_order=False)[0]))
     return stages
 
 
