@@ -89,6 +89,17 @@ class ConditionEmbedderConfig:
 
 
 @dataclass
+class ContactModelConfig:
+    # point_transformer: afford-motion's SceneMapEncoder (Point Transformer enc1..enc4, their names, so
+    #   their state dicts load); data.contact_num_points / 64 tokens of width planes[-1].
+    # compact: this project's small encoder (farthest points + kNN groups + one attention layer), for
+    #   CPU demos; its tokens are condition_embedder.contact_num_tokens x contact_dim.
+    arch: Literal["point_transformer", "compact"] = "point_transformer"
+    planes: list[int] = bounded([32, 64, 128, 256], ge=1)  # point_transformer widths of enc1..enc4
+    blocks: list[int] = bounded([2, 2, 2, 2], ge=1)        # layers per stage (1 transition + blocks - 1)
+
+
+@dataclass
 class ModelConfig:
     arch: Literal["trans_enc", "dit", "dit_cross"] = "dit"  # denoiser body: afford-motion's encoder, or the guide's fork's DiT / DiT with contact cross-attention
     latent_dim: int = bounded(512, ge=1)          # transformer width
@@ -102,6 +113,7 @@ class ModelConfig:
     contact_drop_prob: float = bounded(0.1, ge=0, lt=1)  # classifier-free dropout of the contact condition
     text_model: TextModelConfig = field(default_factory=TextModelConfig)  # frozen text encoder
     condition_embedder: ConditionEmbedderConfig = field(default_factory=ConditionEmbedderConfig)  # text + contact -> tokens
+    contact_model: ContactModelConfig = field(default_factory=ContactModelConfig)  # contact map encoder
 
 
 @dataclass
@@ -437,6 +449,22 @@ def _check_cross_fields(cfg: Config, origin: dict):
              f"training.eval_num_samples = {cfg.training.eval_num_samples} is smaller than one R-precision batch "
              f"(evaluation.batch_size = {e.batch_size})",
              "evaluate at least one batch, e.g. training.eval_num_samples=500 (the metrics use batches of 32)")
+    cm, ce = m.contact_model, m.condition_embedder
+    if d.use_contacts and cm.arch == "point_transformer":
+        if len(cm.planes) != 4 or len(cm.blocks) != 4:
+            fail(["model.contact_model.planes", "model.contact_model.blocks"],
+                 f"model.contact_model.planes = {cm.planes} and blocks = {cm.blocks} must list 4 stages each "
+                 "(the Point Transformer has enc1..enc4)", "use planes=[32,64,128,256] and blocks=[2,2,2,2] "
+                 "(afford-motion's)")
+        tokens = d.contact_num_points // 64
+        if ce.contact_num_tokens != tokens or ce.contact_dim != cm.planes[-1]:
+            fail(["model.condition_embedder.contact_num_tokens", "model.condition_embedder.contact_dim",
+                  "data.contact_num_points", "model.contact_model.planes"],
+                 f"the point_transformer contact encoder gives data.contact_num_points / 64 = {tokens} tokens "
+                 f"of width planes[-1] = {cm.planes[-1]}, but model.condition_embedder says "
+                 f"contact_num_tokens = {ce.contact_num_tokens}, contact_dim = {ce.contact_dim}",
+                 f"set model.condition_embedder.contact_num_tokens={tokens} and "
+                 f"model.condition_embedder.contact_dim={cm.planes[-1]}, or model.contact_model.arch=compact")
     if d.use_contacts and not d.contact_joints:
         fail(["data.contact_joints", "data.use_contacts"], "data.contact_joints is empty while "
              "data.use_contacts is true", "list joints, e.g. data.contact_joints=[0,10,11,12,20,21], "

@@ -10,7 +10,7 @@ from cmdm.model import CMDM, CheckpointError, load_model_weights
 
 def tiny(arch="trans_enc", seed=0, **kw):
     args = dict(arch=arch, latent_dim=32, num_layers=[1, 1], num_heads=4, dim_feedforward=64, text_dim=16,
-                contact_num_tokens=8, contact_dim=16, contact_group_size=8, num_latents=4, num_timesteps=100,
+                contact_num_tokens=8, contact_dim=16, contact_group_size=8, contact_arch="compact", num_latents=4, num_timesteps=100,
                 use_cross_attn_pooling=False)
     args.update(kw)
     torch.manual_seed(seed)

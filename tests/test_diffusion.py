@@ -226,7 +226,7 @@ def test_guided_sampling_runs_and_differs():
 def test_tiny_model_overfits_one_batch(arch):
     torch.manual_seed(0)
     model = CMDM(arch=arch, latent_dim=64, num_layers=[1, 1], num_heads=4, dim_feedforward=128,
-                 text_dim=TEXT_DIM, contact_num_tokens=8, contact_dim=16, contact_group_size=8,
+                 text_dim=TEXT_DIM, contact_num_tokens=8, contact_dim=16, contact_group_size=8, contact_arch="compact",
                  num_latents=4, num_timesteps=100, dropout=0.0, dit_drop_path=0.0, pos_dropout=0.0)
     d = GaussianDiffusion(100)
     g = torch.Generator().manual_seed(0)

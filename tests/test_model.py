@@ -25,7 +25,7 @@ ARCHS = [("trans_enc", "cross_attn"), ("dit", "adaln"), ("dit", "cross_attn"), (
 def tiny(arch="dit", fusion="cross_attn", **kw):
     args = dict(arch=arch, fusion_method=fusion, latent_dim=32, num_layers=[1, 1], num_heads=4,
                 dim_feedforward=64, text_dim=TEXT_DIM, contact_num_tokens=8, contact_dim=16,
-                num_latents=4, num_timesteps=100, contact_group_size=8)
+                num_latents=4, num_timesteps=100, contact_group_size=8, contact_arch="compact")
     args.update(kw)
     torch.manual_seed(0)
     return CMDM(**args)
@@ -314,7 +314,7 @@ def test_text_encoder_stays_out_of_state_dict_and_copies(minilm):
 def test_per_token_text_conditions_carry_the_padding_mask(arch, fusion, minilm_tokens):
     enc = minilm_tokens
     model = CMDM(arch=arch, fusion_method=fusion, latent_dim=32, num_layers=1, num_heads=4, dim_feedforward=64,
-                 text_encoder=enc, contact_num_tokens=8, contact_dim=16, contact_group_size=8,
+                 text_encoder=enc, contact_num_tokens=8, contact_dim=16, contact_group_size=8, contact_arch="compact",
                  num_latents=4, dit_use_cross_attn_pooling=False).eval()
     _, contact, x, t, mask = inputs()
     cond = model.encode_conditions(["walk", "a person walks in a circle", "jump"], contact)

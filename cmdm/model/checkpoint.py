@@ -16,8 +16,11 @@ Modes:
   strict=False      missing / unexpected keys allowed, a shape mismatch is still an error;
   partial=True      load every key whose name and shape match, report the rest; for fine-tuning
                     from another architecture's checkpoint (the guide starts from a
-                    `model_best.pt`), and to load afford-motion's weights around its
-                    Point-Transformer contact encoder, which this project replaces.
+                    `model_best.pt`), or afford-motion's weights into a model built with
+                    the compact contact encoder (model.contact_model.arch=compact).
+afford-motion's trans_enc state dicts (raw or `module.`-prefixed) load strictly into a model built
+with model.contact_model.arch=point_transformer, use_cross_attn_pooling=false and a 512-d CLIP
+text model (tests/test_pointtransformer.py).
 Files are read with `torch.load(weights_only=True)`: tensors and plain containers only.
 """
 

@@ -12,11 +12,16 @@ Conditions are encoded once and reused at every diffusion step: `cond` is a dict
   pad      (B, S)   True where a condition token is padding,
 plus `_`-prefixed raw features from which `null_conditions` builds the unconditional twin.
 
+Contact encoder (`contact_arch`, config model.contact_model.arch):
+  point_transformer  afford-motion's SceneMapEncoder (pointtransformer.py): N/64 tokens x planes[-1];
+  compact            a small PointNet++-style encoder for CPU demos (condition.py).
+
 Bodies (`arch`):
   trans_enc  afford-motion's: one sequence [time(1), text(1|L), contact(K), motion(T)],
              sinusoidal positions over all of it, post-norm nn.TransformerEncoder (GELU),
              key padding for padded frames and text padding, motion tokens -> Linear -> 263.
-             Module names match afford-motion's, so its trained weights load (checkpoint.py).
+             Module names match afford-motion's, so its trained weights load strictly
+             (checkpoint.py) with the point_transformer contact encoder and no contact pooling.
              condition_embedder.use_cross_attn_pooling + num_latents pool the K contact tokens
              with `num_latents` learned latents (Perceiver cross-attention) before they join;
              fusion_method and the dit_* keys do not apply.
@@ -51,6 +56,7 @@ import torch.nn as nn
 from cmdm.model.blocks import (ConditionEmbedder, DiTBlock, DiTCrossBlock, FinalLayer, LatentPooler,
                                PositionalEncoding, TimestepEmbedder)
 from cmdm.model.condition import ContactEncoder
+from cmdm.model.pointtransformer import SceneMapEncoder
 from cmdm.model.text import TextEncoder
 
 MOTION_DIM = 263       # HumanML3D feature vector
@@ -64,6 +70,8 @@ class CMDM(nn.Module):
                  fusion_method: str = "cross_attn", text_encoder: TextEncoder | None = None,
                  text_dim: int | None = None, use_contacts: bool = True, contact_in_dim: int = 9,
                  contact_num_tokens: int = 128, contact_dim: int = 256, contact_group_size: int = 32,
+                 contact_arch: str = "point_transformer", contact_planes=(32, 64, 128, 256),
+                 contact_blocks=(2, 2, 2, 2), contact_num_points: int = 8192,
                  use_cross_attn_pooling: bool = True, num_latents: int = 64,
                  text_drop_prob: float = 0.1, contact_drop_prob: float = 0.1,
                  num_timesteps: int = 1000, pos_dropout: float = 0.1):
@@ -89,8 +97,17 @@ class CMDM(nn.Module):
         self.timestep_embedder = TimestepEmbedder(D, num_timesteps)
         self.language_adapter = nn.Linear(self.text_dim, D)
         if use_contacts:
-            self.contact_encoder = ContactEncoder(contact_in_dim, contact_num_tokens, contact_dim,
-                                                  group_size=contact_group_size)
+            if contact_arch == "point_transformer":
+                # afford-motion's encoder: N/64 tokens of width planes[-1] (contact_num_tokens and
+                # contact_dim follow from it; config.py checks they agree).
+                self.contact_encoder = SceneMapEncoder(contact_in_dim - 3, list(contact_planes),
+                                                       list(contact_blocks), contact_num_points)
+                contact_dim = contact_planes[-1]
+            elif contact_arch == "compact":
+                self.contact_encoder = ContactEncoder(contact_in_dim, contact_num_tokens, contact_dim,
+                                                      group_size=contact_group_size)
+            else:
+                raise ValueError(f"contact_arch must be 'point_transformer' or 'compact', got {contact_arch!r}")
             self.contact_adapter = nn.Linear(contact_dim, D)
             if use_cross_attn_pooling and arch == "trans_enc":
                 self.contact_pooler = LatentPooler(D, num_latents, num_heads, dim_feedforward, dropout)
@@ -125,7 +142,7 @@ class CMDM(nn.Module):
     @classmethod
     def from_config(cls, model_cfg, *, use_contacts: bool = True, contact_channels: int = 6,
                     num_timesteps: int = 1000, motion_dim: int = MOTION_DIM,
-                    load_text_encoder: bool = True) -> "CMDM":
+                    load_text_encoder: bool = True, contact_num_points: int = 8192) -> "CMDM":
         """CMDM from `cfg.model`; the data-side facts come as arguments (see build_model)."""
         tm, ce = model_cfg.text_model, model_cfg.condition_embedder
         text_encoder, text_dim = None, None
@@ -143,6 +160,8 @@ class CMDM(nn.Module):
                    fusion_method=ce.fusion_method, text_encoder=text_encoder, text_dim=text_dim,
                    use_contacts=use_contacts, contact_in_dim=3 + contact_channels,
                    contact_num_tokens=ce.contact_num_tokens, contact_dim=ce.contact_dim,
+                   contact_arch=model_cfg.contact_model.arch, contact_planes=model_cfg.contact_model.planes,
+                   contact_blocks=model_cfg.contact_model.blocks, contact_num_points=contact_num_points,
                    use_cross_attn_pooling=ce.use_cross_attn_pooling, num_latents=ce.num_latents,
                    text_drop_prob=model_cfg.text_drop_prob, contact_drop_prob=model_cfg.contact_drop_prob,
                    num_timesteps=num_timesteps)
@@ -197,7 +216,11 @@ class CMDM(nn.Module):
         if self.use_contacts:
             if contact is None:
                 raise ValueError("this model conditions on contact maps (use_contacts=True) but got none")
-            contact_feat = self.contact_encoder(contact.to(self.device))
+            contact = contact.to(self.device)
+            if isinstance(self.contact_encoder, SceneMapEncoder):
+                contact_feat = self.contact_encoder(contact[..., :3], contact[..., 3:])
+            else:
+                contact_feat = self.contact_encoder(contact)
         return self.fuse_conditions(text_feat, text_pad, contact_feat, drop_text, drop_contact)
 
     def fuse_conditions(self, text_feat, text_pad, contact_feat=None, drop_text=None, drop_contact=None):
@@ -296,4 +319,5 @@ def build_model(cfg, load_text_encoder: bool = True) -> CMDM:
     diffusion.steps)."""
     return CMDM.from_config(cfg.model, use_contacts=cfg.data.use_contacts,
                             contact_channels=len(cfg.data.contact_joints),
-                            num_timesteps=cfg.diffusion.steps, load_text_encoder=load_text_encoder)
+                            num_timesteps=cfg.diffusion.steps, load_text_encoder=load_text_encoder,
+                            contact_num_points=cfg.data.contact_num_points)

@@ -1,4 +1,7 @@
-"""Contact (affordance) map encoder in pure PyTorch: N scene points -> K tokens.
+"""The compact contact (affordance) map encoder (model.contact_model.arch=compact): N scene points -> K tokens.
+
+A small stand-in for afford-motion's Point Transformer (cmdm/model/pointtransformer.py, the
+default), sized for CPU demos (configs/demo.yaml); its weights are not afford-motion's.
 
 afford-motion encodes the contact map with a Point Transformer whose neighbourhood queries
 need the CUDA-only `pointops` extension. This encoder keeps its interface (points with
