@@ -572,6 +572,7 @@ def prepare(cfg: Config, log=print) -> None:
     """Make sure the data and the evaluator exist before any worker starts (once, in the driver)."""
     from cmdm.data.humanml3d import DataError
     from cmdm.evaluation.evaluator import load_evaluator
+    check_text_model(cfg)   # before any work: a text model this machine lacks stops the run here
     if cfg.data.name == "synthetic":
         from cmdm.data.synthetic import ensure_dataset
         ensure_dataset(cfg.data.root, num_clips=cfg.data.synthetic_num_clips, seed=cfg.data.synthetic_seed)
@@ -592,6 +593,14 @@ def text_cache_path(cfg: Config) -> Path:
     from cmdm.model.text import cache_file_name
     tm = cfg.model.text_model
     return Path(cfg.data.root) / "text_features" / cache_file_name(tm.name, tm.max_length, tm.output)
+
+
+def check_text_model(cfg: Config, use_cache: bool = True) -> None:
+    """Raise TextModelError (one paragraph) when the text model's config, or its weights where some caption
+    is not in the dataset's feature cache (or use_cache is False), cannot be loaded on this machine."""
+    from cmdm.model.text import check_text_model as check
+    tm = cfg.model.text_model
+    check(tm.name, tm.max_length, tm.output, text_cache_path(cfg) if use_cache else None)
 
 
 def load_text_cache(model, cfg: Config) -> int:
