@@ -572,14 +572,14 @@ def prepare(cfg: Config, log=print) -> None:
     """Make sure the data and the evaluator exist before any worker starts (once, in the driver)."""
     from cmdm.data.humanml3d import DataError
     from cmdm.evaluation.evaluator import load_evaluator
+    if cfg.data.name != "synthetic" and not Path(cfg.data.root).is_dir():
+        raise DataError(f"HumanML3D folder {cfg.data.root} (data.root) does not exist. Get HumanML3D from "
+                        "https://github.com/EricGuo5513/HumanML3D and put it there (or set data.root=...), "
+                        "or try the embedded dataset: python train_ray.py configs/demo.yaml")
     check_text_model(cfg)   # before any work: a text model this machine lacks stops the run here
     if cfg.data.name == "synthetic":
         from cmdm.data.synthetic import ensure_dataset
         ensure_dataset(cfg.data.root, num_clips=cfg.data.synthetic_num_clips, seed=cfg.data.synthetic_seed)
-    elif not Path(cfg.data.root).is_dir():
-        raise DataError(f"HumanML3D folder {cfg.data.root} (data.root) does not exist. Get HumanML3D from "
-                        "https://github.com/EricGuo5513/HumanML3D and put it there (or set data.root=...), "
-                        "or try the embedded dataset: python train_ray.py configs/demo.yaml")
     test_set = dataset_from_config(cfg.data, "test", train=False, progress=False)
     if len(test_set) < cfg.evaluation.batch_size:
         raise DataError(f"{Path(cfg.data.root) / 'test.txt'} yields {len(test_set)} test clips, fewer than one "

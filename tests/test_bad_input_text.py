@@ -14,6 +14,10 @@ def clip_in_local_cache() -> bool:
     return isinstance(try_to_load_from_cache(CLIP, "config.json"), str)
 
 
+def data_folder(tmp):
+    (tmp / "data").mkdir()   # an (empty) HumanML3D folder: the text model is what is missing
+
+
 def empty_folder(tmp):
     (tmp / "clip").mkdir()
 
@@ -32,7 +36,7 @@ OFFLINE = {"HF_HUB_OFFLINE": "1"}
 CASES = [
     # stable.yaml is the fork's model with CLIP ViT-B/32: without its weights, nothing starts (no data, no Ray)
     Case("train-stable-without-clip", ["train_ray.py", STABLE, "data.root={tmp}/data", "output_root={tmp}/out"],
-         names=["model.text_model.name", CLIP], fix=HOW, env=OFFLINE),
+         setup=data_folder, names=["model.text_model.name", CLIP], fix=HOW, env=OFFLINE),
     Case("evaluate-stable-without-clip", ["cmdm.evaluate", "{tmp}/sd.pt", "data.root={tmp}/data", "--config", STABLE],
          setup=state_dict, names=["model.text_model.name", CLIP], fix=HOW, env=OFFLINE),
     Case("train-text-model-folder-holds-no-model",
@@ -43,7 +47,7 @@ CASES = [
          setup=config_only, names=["model.text_model.name", "{tmp}/clip"], fix=["weights", "DIR"], env=OFFLINE),
     Case("tune-stable-without-clip", ["tune_ray.py", "{root}/sweeps/stable.yaml", "base.data.root={tmp}/data",
                                       "output_root={tmp}/out"],
-         names=["model.text_model.name", CLIP], fix=HOW + ["base.model.text_model.name"], env=OFFLINE),
+         setup=data_folder, names=["model.text_model.name", CLIP], fix=HOW + ["base.model.text_model.name"], env=OFFLINE),
 ]
 
 
@@ -52,5 +56,6 @@ def test_bad_input(case, tmp_path, monkeypatch):
     if "stable" in case.id and clip_in_local_cache():
         pytest.skip(f"{CLIP} is in this machine's Hugging Face cache")
     outcome = check(case, tmp_path, monkeypatch)
-    assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()  # stopped before any work
+    data = tmp_path / "data"
+    assert not (data.exists() and any(data.iterdir())) and not (tmp_path / "out").exists()  # before any work
     assert "Ray" not in outcome.out
