@@ -538,3 +538,17 @@ def test_text_cache_name_covers_the_whole_model_path(tmp_path):
     assert cache_file_name(str(tmp_path / "v1" / ".." / "v1" / "bert"), 20, "pooled") == a  # the same folder
     assert cache_file_name("ViT-B/32", 20, "pooled") == cache_file_name("openai/clip-vit-base-patch32", 20, "pooled")
     assert cache_file_name("all-minilm-l6-v2", 20, "pooled") == "all-minilm-l6-v2-len20-pooled.pt"
+
+
+def test_check_text_model_asks_for_weights_only_when_a_caption_needs_them(tmp_path):
+    from cmdm.model.text import TextModelError, check_text_model
+
+    _openai_layout_clip(tmp_path / "clip")
+    check_text_model(str(tmp_path / "clip"), 20, "pooled")                  # everything there: fine
+    (tmp_path / "clip" / "model.safetensors").unlink()                      # config and tokenizer, no weights
+    (tmp_path / "cache.pt").write_bytes(b"")
+    check_text_model(str(tmp_path / "clip"), 20, "pooled", tmp_path / "cache.pt")   # all captions cached
+    with pytest.raises(TextModelError, match="model.text_model.name"):
+        check_text_model(str(tmp_path / "clip"), 20, "pooled", tmp_path / "no-cache.pt")
+    with pytest.raises(TextModelError, match="model.text_model.name"):
+        check_text_model(str(tmp_path / "clip"), 20, "tokens", tmp_path / "cache.pt")  # tokens are never cached
