@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     from cmdm.data.humanml3d import DataError
     from cmdm.evaluation.networks import CheckpointError as EvaluatorFilesError
     from cmdm.model.checkpoint import CheckpointError, dit_settings_mismatch, extract_state_dict, read_checkpoint
+    from cmdm.model.text import TextModelError
     from cmdm.train import run_training
     if args.resume_from:
         try:
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
             return 2
     try:
         metrics = run_training(cfg, init_from=args.resume_from, partial=args.partial)
-    except DataError as err:
+    except (DataError, TextModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except EvaluatorFilesError as err:

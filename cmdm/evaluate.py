@@ -164,6 +164,8 @@ def main(argv=None) -> int:
     from cmdm.model.checkpoint import CheckpointError
     try:
         cfg, model, diffusion = load_for_evaluation(args.checkpoint, args.config, args.overrides, args.device)
+        from cmdm.train import check_text_model
+        check_text_model(cfg, use_cache=args.split in ("train", "test"))  # the cache holds train/test captions
         evaluator = load_evaluator(cfg, device=args.device)
     except (DataError, CheckpointError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

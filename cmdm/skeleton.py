@@ -26,7 +26,7 @@ Conventions
 Feature layout (T frames of joints -> T-1 feature rows; row t uses frames t and t+1):
   [0]        root angular velocity about y: arcsin of the y part of r_rot[t+1] r_rot[t]^-1
              (a half-angle, because recover_root_rot_pos builds [cos a, 0, sin a, 0]);
-             we take that delta with w >= 0, see extract_features(continuous_root)
+             as HumanML3D, the delta as it comes; see extract_features(continuous_root)
   [1:3]      root linear velocity xz, rotated into the root frame of t+1
   [3]        root height at t
   [4:67]     ric: joints 1..21 minus root xz, rotated by r_rot[t]
@@ -362,7 +362,7 @@ def feet_contacts(joints: np.ndarray, threshold: float = 0.002) -> np.ndarray:
 # ----------------------------------------------------------------------------- features
 
 def extract_features(joints: np.ndarray, local_quats: np.ndarray | None = None,
-                     feet_threshold: float = 0.002, continuous_root: bool = True) -> np.ndarray:
+                     feet_threshold: float = 0.002, continuous_root: bool = False) -> np.ndarray:
     """Canonical joints (T, 22, 3) -> HumanML3D features (T-1, 263) float32.
 
     `joints` must already be on the target skeleton and canonicalised (see canonicalize);
@@ -370,11 +370,12 @@ def extract_features(joints: np.ndarray, local_quats: np.ndarray | None = None,
     rotations come from inverse_kinematics(smooth_forward=True), whose root quaternion is the
     facing rotation used throughout.
 
-    continuous_root: take the frame-to-frame root rotation with w >= 0 before the arcsin.
-    HumanML3D does not (continuous_root=False reproduces it): when the facing crosses 180
-    degrees from frame 0, qbetween's w >= 0 flips the quaternion's sign and that one row gets
-    the negated angular velocity, so the recovered clip kinks there. The two agree everywhere
-    else, hence on the real sample.
+    continuous_root=False (default) is HumanML3D's process_file: the arcsin of the y part of
+    r_rot[t+1] r_rot[t]^-1 as it comes. When the facing crosses 180 degrees from frame 0,
+    qbetween's w >= 0 flips the quaternion's sign and that one row gets the negated angular
+    velocity, so the clip recovered from it kinks there. continuous_root=True takes the delta
+    with w >= 0 first, which removes the kink (recover_from_ric then inverts this exactly); the
+    two agree everywhere else, hence on the real sample.
     """
     joints = np.asarray(joints, np.float64)
     T = joints.shape[0]

@@ -572,13 +572,14 @@ def prepare(cfg: Config, log=print) -> None:
     """Make sure the data and the evaluator exist before any worker starts (once, in the driver)."""
     from cmdm.data.humanml3d import DataError, check_dataset
     from cmdm.evaluation.evaluator import load_evaluator
-    if cfg.data.name == "synthetic":
-        from cmdm.data.synthetic import ensure_dataset
-        ensure_dataset(cfg.data.root, num_clips=cfg.data.synthetic_num_clips, seed=cfg.data.synthetic_seed)
-    elif not Path(cfg.data.root).is_dir():
+    if cfg.data.name != "synthetic" and not Path(cfg.data.root).is_dir():
         raise DataError(f"HumanML3D folder {cfg.data.root} (data.root) does not exist. Get HumanML3D from "
                         "https://github.com/EricGuo5513/HumanML3D and put it there (or set data.root=...), "
                         "or try the embedded dataset: python train_ray.py configs/demo.yaml")
+    check_text_model(cfg)   # before any work: a text model this machine lacks stops the run here
+    if cfg.data.name == "synthetic":
+        from cmdm.data.synthetic import ensure_dataset
+        ensure_dataset(cfg.data.root, num_clips=cfg.data.synthetic_num_clips, seed=cfg.data.synthetic_seed)
     check_dataset(cfg.data.root, use_contacts=cfg.data.use_contacts)  # every file, once, before any worker
     test_set = dataset_from_config(cfg.data, "test", train=False, progress=False)
     if len(test_set) < cfg.evaluation.batch_size:
@@ -593,6 +594,14 @@ def text_cache_path(cfg: Config) -> Path:
     from cmdm.model.text import cache_file_name
     tm = cfg.model.text_model
     return Path(cfg.data.root) / "text_features" / cache_file_name(tm.name, tm.max_length, tm.output)
+
+
+def check_text_model(cfg: Config, use_cache: bool = True) -> None:
+    """Raise TextModelError (one paragraph) when the text model's config, or its weights where some caption
+    is not in the dataset's feature cache (or use_cache is False), cannot be loaded on this machine."""
+    from cmdm.model.text import check_text_model as check
+    tm = cfg.model.text_model
+    check(tm.name, tm.max_length, tm.output, text_cache_path(cfg) if use_cache else None)
 
 
 def load_text_cache(model, cfg: Config) -> int:

@@ -67,7 +67,9 @@ GUIDE = [  # REFERENCE section 1, as a user types it
 
 def test_guide_overrides_give_the_stable_recipe():
     cfg = load_config(None, GUIDE)
-    assert cfg == Config() == load_config(STABLE, GUIDE)
+    # stable.yaml is the fork's model with CLIP ViT-B/32 text; the defaults keep the embedded MiniLM (the demo's)
+    assert cfg == Config() == load_config(STABLE, GUIDE + ["model.text_model.name=all-minilm-l6-v2"])
+    assert load_config(STABLE).model.text_model.name == "openai/clip-vit-base-patch32"
 
 
 def test_overrides_typed_values():
@@ -131,7 +133,8 @@ def test_stable_yaml_is_the_guide_recipe():
     assert t.eval_every_epochs == 20 and t.eval_num_samples == 500
     assert t.save_best is True and t.best_metric == "fid"
     assert cfg.task.train.batch_size == 32
-    assert cfg == Config()  # the defaults are the stable recipe
+    assert m.text_model.name == "openai/clip-vit-base-patch32"  # the fork's text encoder, CLIP ViT-B/32
+    assert load_config(STABLE, ["model.text_model.name=all-minilm-l6-v2"]) == Config()  # defaults: the rest of it
 
 
 def test_demo_yaml_loads_and_is_small():
@@ -377,7 +380,7 @@ def test_save_load_round_trip(tmp_path, recipe):
 def test_config_hash():
     h = config_hash(Config())
     assert len(h) == 12 and int(h, 16) >= 0
-    assert config_hash(load_config(STABLE)) == h
+    assert config_hash(load_config(STABLE, ["model.text_model.name=all-minilm-l6-v2"])) == h
     assert config_hash(load_config(None, ["training.grad_clip=1"])) == h  # 1 and 1.0 are one recipe
     assert config_hash(load_config(None, ["training.lr=3.1e-5"])) != h
     assert config_hash(load_config(None, ["model.num_layers=[1,1,1,1,2]"])) != h

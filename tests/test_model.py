@@ -447,3 +447,114 @@ def test_config_arch_and_fusion_switches():
     cfg = load_config(None, ["model.arch=dit_cross", "model.latent_dim=32", "model.num_heads=4", "model.num_layers=[1]"])
     model = build_model(cfg, load_text_encoder=False)
     assert isinstance(model.dit_blocks[0], DiTCrossBlock) and not hasattr(model.cond_embedder, "contact_query")
+
+
+# afford-motion's CLIP text features (models/functions.py encode_text_clip): OpenAI's clip.tokenize(texts,
+# context_length=max_length + 2, truncate=True), zeros to 77, encode_text = the end-of-text token's state after
+# ln_final times text_projection. A tiny random CLIP with OpenAI's vocabulary layout (256 byte tokens, the same
+# with "</w>", merges, then start- and end-of-text: end-of-text is the largest id, which encode_text's argmax
+# relies on) and a few merges, so whole words are single tokens.
+MERGES = [("w", "a"), ("wa", "l"), ("wal", "k</w>"), ("a", "l"), ("al", "k"), ("alk", "s</w>"), ("wal", "k"),
+          ("walk", "s</w>"), ("j", "u"), ("ju", "m"), ("jum", "p</w>")]
+
+
+def _openai_layout_clip(path):
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+
+    chars = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars] + ["".join(m) for m in MERGES])}
+    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
+    CLIPTokenizer(vocab=vocab, merges=list(MERGES)).save_pretrained(path)
+    cfg = CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77, projection_dim=24,
+                         hidden_act="quick_gelu", bos_token_id=vocab["<|startoftext|>"],
+                         eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"])
+    torch.manual_seed(0)
+    model = CLIPTextModelWithProjection(cfg).eval()
+    with torch.no_grad():  # layer norms and biases away from their 1/0 init, so a wrong pooling shows
+        for name, p in model.named_parameters():
+            if "norm" in name or "bias" in name:
+                p.add_(0.5 * torch.randn_like(p))
+    model.save_pretrained(path)
+    return vocab, model
+
+
+def _expected_ids(vocab, caption, max_length):
+    """OpenAI's clip.tokenize(truncate=True) by hand for words that are one token or only letters, zeros to 77."""
+    ids = []
+    for word in caption.lower().split():
+        ids += [vocab[word + "</w>"]] if word + "</w>" in vocab else \
+            [vocab[c] for c in word[:-1]] + [vocab[word[-1] + "</w>"]]
+    row = [vocab["<|startoftext|>"]] + ids[:max_length] + [vocab["<|endoftext|>"]]
+    return row + [0] * (77 - len(row))
+
+
+def test_clip_features_are_afford_motions_encode_text(tmp_path):
+    vocab, model = _openai_layout_clip(tmp_path)
+    captions = ["walk", "a person walks", "  A   Person\tWALKS ", "jump jump walk walks zz", "walks"]
+    enc = TextEncoder(str(tmp_path), max_length=4, output="pooled")     # 4 + 2 = 6 tokens, cut as OpenAI
+    assert enc.kind == "clip" and enc.use_projection and enc.dim == 24 and not enc.loaded  # width from config
+    feats, pad = enc.encode(captions)
+    assert feats.shape == (5, 1, 24) and not pad.any()
+
+    ids = torch.tensor([_expected_ids(vocab, c, 4) for c in captions])
+    assert ids[3].tolist()[:6] == [vocab[t] for t in ["<|startoftext|>", "jump</w>", "jump</w>", "walk</w>",
+                                                      "walks</w>", "<|endoftext|>"]]  # truncated, eot forced
+    with torch.no_grad():   # encode_text by hand: last layer's states, ln_final, state at argmax(ids), projection
+        states = model.text_model(input_ids=ids, output_hidden_states=True).hidden_states[-1]
+        ln = model.text_model.final_layer_norm
+        x = torch.nn.functional.layer_norm(states, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+        ref = x[torch.arange(5), ids.argmax(-1)] @ model.text_projection.weight.T
+    assert torch.allclose(feats[:, 0], ref, atol=1e-5)
+    assert torch.equal(feats[1], feats[2])                      # lower case, whitespace cleaned as OpenAI's
+    assert not torch.allclose(feats[0], feats[4], atol=1e-3)    # and different captions differ
+
+
+def test_clip_end_of_text_state_does_not_see_the_padding(tmp_path):
+    """CLIP's attention is causal: zeros after end-of-text (afford-motion pads to 77, we to the longest caption)
+    change nothing before it."""
+    vocab, model = _openai_layout_clip(tmp_path)
+    row = _expected_ids(vocab, "a person walks", 20)
+    eot = row.index(vocab["<|endoftext|>"])
+    with torch.no_grad():
+        short = model(input_ids=torch.tensor([row[: eot + 1]])).text_embeds
+        long = model(input_ids=torch.tensor([row])).text_embeds
+        other = model(input_ids=torch.tensor([row[: eot + 1] + [7] * (76 - eot)])).text_embeds
+    assert torch.allclose(short, long, atol=1e-5) and torch.allclose(short, other, atol=1e-5)
+
+
+def test_clip_weights_load_only_on_a_cache_miss(tmp_path):
+    _openai_layout_clip(tmp_path / "clip")
+    enc = TextEncoder(str(tmp_path / "clip"), max_length=20)
+    ref, _ = enc.encode(["a person walks"])
+    enc.save_cache(tmp_path / "cache.pt")
+    fresh = TextEncoder(str(tmp_path / "clip"), max_length=20)
+    fresh.load_cache(tmp_path / "cache.pt")
+    assert torch.equal(fresh.encode(["a person walks"])[0], ref) and not fresh.loaded
+
+
+def test_text_cache_name_covers_the_whole_model_path(tmp_path):
+    from cmdm.model.text import cache_file_name
+
+    (tmp_path / "v1" / "bert").mkdir(parents=True)
+    (tmp_path / "v2" / "bert").mkdir(parents=True)
+    a, b = (cache_file_name(str(tmp_path / v / "bert"), 20, "pooled") for v in ("v1", "v2"))
+    assert a != b and a.startswith("bert-") and a.endswith("-len20-pooled.pt")
+    assert cache_file_name(str(tmp_path / "v1" / ".." / "v1" / "bert"), 20, "pooled") == a  # the same folder
+    assert cache_file_name("ViT-B/32", 20, "pooled") == cache_file_name("openai/clip-vit-base-patch32", 20, "pooled")
+    assert cache_file_name("all-minilm-l6-v2", 20, "pooled") == "all-minilm-l6-v2-len20-pooled.pt"
+
+
+def test_check_text_model_asks_for_weights_only_when_a_caption_needs_them(tmp_path):
+    from cmdm.model.text import TextModelError, check_text_model
+
+    _openai_layout_clip(tmp_path / "clip")
+    check_text_model(str(tmp_path / "clip"), 20, "pooled")                  # everything there: fine
+    (tmp_path / "clip" / "model.safetensors").unlink()                      # config and tokenizer, no weights
+    (tmp_path / "cache.pt").write_bytes(b"")
+    check_text_model(str(tmp_path / "clip"), 20, "pooled", tmp_path / "cache.pt")   # all captions cached
+    with pytest.raises(TextModelError, match="model.text_model.name"):
+        check_text_model(str(tmp_path / "clip"), 20, "pooled", tmp_path / "no-cache.pt")
+    with pytest.raises(TextModelError, match="model.text_model.name"):
+        check_text_model(str(tmp_path / "clip"), 20, "tokens", tmp_path / "cache.pt")  # tokens are never cached

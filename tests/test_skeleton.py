@@ -157,17 +157,23 @@ def test_features_then_recover_is_identity(joints):
 
 
 def test_turning_clip_roundtrip(joints):
-    """A full turn crosses 180 degrees of facing: exact round trip only with continuous_root."""
+    """A full turn crosses 180 degrees of facing: the default is HumanML3D's process_file (one row's root
+    angular velocity negated there); the exact round trip needs continuous_root=True."""
     pose = joints[0].astype(np.float64) - joints[0, 0] * [1, 0, 1]
     ang = np.linspace(0, 2 * np.pi, 120)
     clip = np.stack([sk.qrot(sk.y_rotation_quat(a), pose) + [np.sin(a), 0, np.cos(a) - 1]
                      for a in ang])
     clip = sk.canonicalize(clip)
-    good = sk.extract_features(clip)
+    good = sk.extract_features(clip, continuous_root=True)
     assert np.abs(sk.recover_from_ric(good.astype(np.float64)) - clip[:-1]).max() <= EXACT_TOL
-    raw = sk.extract_features(clip, continuous_root=False)   # HumanML3D's formula
+    raw = sk.extract_features(clip)                           # the default
     diff = np.nonzero(np.abs(raw - good).max(-1) > 0)[0]
     assert len(diff) == 1 and raw[diff[0], 0] == -good[diff[0], 0]
+    # HumanML3D's process_file: r_velocity = arcsin(y part of qmul(r_rot[1:], qinv(r_rot[:-1]))), no sign fix
+    r_rot = sk.inverse_kinematics(clip, smooth_forward=True)[:, 0]
+    hml = np.arcsin(sk.qmul(r_rot[1:], sk.qinv(r_rot[:-1]))[:, 2])
+    assert np.allclose(raw[:, 0], hml, atol=1e-6) and not np.allclose(good[:, 0], hml, atol=1e-3)
+    assert np.abs(sk.recover_from_ric(raw.astype(np.float64)) - clip[:-1]).max() > 1e-3  # its kink
 
 
 # ----------------------------------------------------------------------------- FK / IK

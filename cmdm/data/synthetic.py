@@ -1563,8 +1563,10 @@ def generate_clip(rng, index: int = 0, num_points: int = 1024, families=None) ->
     channels["upper"] = _style_noise(channels["upper"], rng)
     planned = pose_clip(body, channels)
 
-    # HumanML3D's pipeline: canonical pose -> 263-d features -> joints recovered from them.
-    features = sk.extract_features(sk.canonicalize(planned))
+    # HumanML3D's pipeline: canonical pose -> 263-d features -> joints recovered from them. The continuous
+    # root angular velocity: a clip that turns through 180 degrees would otherwise get one negated row, and
+    # its joints (recovered from the features) a kink there; it also keeps the data as generated before.
+    features = sk.extract_features(sk.canonicalize(planned), continuous_root=True)
     joints = sk.recover_from_ric(features).astype(np.float32)
     T = len(features)
     points, boxes = make_scene(joints, b.furniture, num_points, rng)

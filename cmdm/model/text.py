@@ -6,7 +6,9 @@ Which encoder (`model.text_model.name`):
     recipe read from its folder (mean over valid tokens, then L2 normalisation).
   * a local directory or a hub name of a CLIP text model (`CLIPTextModel`, or a full CLIP
     snapshot, e.g. `openai/clip-vit-base-patch32`; afford-motion's `ViT-B/32` maps to that name):
-    pooled output = the projected EOS feature (CLIP's `encode_text`, as afford-motion).
+    pooled output = afford-motion's `encode_text_clip`, i.e. OpenAI CLIP's `clip.tokenize(texts,
+    context_length=max_length + 2, truncate=True)` then `encode_text`: the final-layer-normed hidden
+    state of the end-of-text token times the text projection (see `clip_token_ids`).
   * a local directory or a hub name of a BERT-like encoder (anything `AutoModel` loads that
     returns `last_hidden_state`): pooled output = mean over valid tokens (or the pooling of a
     sentence-transformers folder when it has one).
@@ -16,6 +18,10 @@ The kind is read from the loaded config's `model_type`, not guessed from the nam
 BERT's [CLS]/[SEP]), as afford-motion does for CLIP. `output='tokens'` gives per-token
 features with a padding mask (True = padding), for afford-motion's BERT-style conditioning.
 
+Weights are needed only to encode a caption that is not in the feature cache: `check_text_model`
+(called before any work by training, sweeps and evaluation) loads them up front when they will be
+needed, and stops with one paragraph saying how to get them when this machine lacks them.
+
 The encoder is frozen (eval mode, no gradients) and is not an nn.Module attribute of the
 denoiser: it never enters the denoiser's state_dict or optimiser, like afford-motion, whose
 trainer strips text-model weights from its checkpoints. Features of a caption are computed
@@ -24,8 +30,12 @@ costs 1.5 KB (384-d), so HumanML3D's ~90k captions take ~140 MB.
 """
 
 import contextlib
+import hashlib
+import html
 import json
 import os
+import re
+import warnings
 from collections import OrderedDict
 
 from pathlib import Path
@@ -35,12 +45,23 @@ import torch
 BUILTIN = ("all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
 AFFORD_MOTION_NAMES = {"vit-b/32": "openai/clip-vit-base-patch32",
                        "vit-l/14@336px": "openai/clip-vit-large-patch14-336"}
+CLIP_HUB_NAME = "openai/clip-vit-base-patch32"   # afford-motion's ViT-B/32
+
+
+class TextModelError(ValueError):
+    """The configured text model cannot be used on this machine (missing files, not a text model)."""
 
 
 def cache_file_name(name: str, max_length: int, output: str) -> str:
-    """File name of an encoder's cached caption features: model name, max_length and output mode decide them."""
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in (Path(name).name or name))
-    return f"{safe}-len{max_length}-{output}.pt"
+    """File name of an encoder's cached caption features. The whole model identity decides it (a folder's
+    full real path, a hub name), so two folders with the same last name never share a file; the readable
+    last name comes first."""
+    if name.lower() in BUILTIN:
+        return f"all-minilm-l6-v2-len{max_length}-{output}.pt"
+    identity = os.path.realpath(name) if os.path.isdir(name) else AFFORD_MOTION_NAMES.get(name.lower(), name)
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in (Path(identity).name or identity))
+    digest = hashlib.sha1(identity.encode("utf-8")).hexdigest()[:10]
+    return f"{safe}-{digest}-len{max_length}-{output}.pt"
 
 
 def resolve_text_model(name: str) -> str:
@@ -51,6 +72,31 @@ def resolve_text_model(name: str) -> str:
     if os.path.isdir(name):
         return name
     return AFFORD_MOTION_NAMES.get(name.lower(), name)
+
+
+def _how_to_get(name: str, cause: Exception) -> str:
+    """The one paragraph of a text model that cannot be loaded here: what, why, and how to get it."""
+    why = " ".join(f"{type(cause).__name__}: {cause}".split())
+    why = why if len(why) <= 300 else why[:297] + "..."
+    hub = CLIP_HUB_NAME if os.path.isdir(name) else resolve_text_model(name)
+    return (f"model.text_model.name = {name!r}: the text model's files cannot be loaded on this machine ({why}). "
+            f"Get them once on a machine with network: python -c \"from huggingface_hub import snapshot_download "
+            f"as get; get('{hub}', local_dir='DIR', allow_patterns=['*.json', '*.txt', '*.safetensors'])\" "
+            f"(afford-motion's CLIP ViT-B/32 is {CLIP_HUB_NAME}), copy DIR here and set "
+            f"model.text_model.name=DIR (a folder with config.json, the weights and the tokenizer files). "
+            f"Without them the demo runs with the embedded MiniLM: python train_ray.py configs/demo.yaml "
+            f"(or set model.text_model.name=all-minilm-l6-v2).")
+
+
+def check_text_model(name: str, max_length: int, output: str, cache_path=None) -> None:
+    """Stop before any work when the text model cannot be used here: its config is always needed (it
+    gives the feature width); its tokenizer and weights only when some caption must be encoded, i.e. when
+    there is no feature cache at `cache_path` (per-token features are never cached). Those are loaded
+    now, so a missing or broken snapshot is reported before data preparation and Ray, not mid-run.
+    Raises TextModelError (one paragraph: the key, the cause, how to get the files)."""
+    encoder = TextEncoder(name, max_length, output)
+    if output == "tokens" or cache_path is None or not Path(cache_path).is_file():
+        encoder.tokenizer, encoder.model  # noqa: B018: load them (or fail) now
 
 
 @contextlib.contextmanager
@@ -86,6 +132,53 @@ def _sentence_transformers_pooling(path: str):
     return mode, normalise
 
 
+# ------------------------------------------------------------------------------- CLIP's tokenization
+# OpenAI's `clip.tokenize` cleans a caption before its byte-level BPE: ftfy.fix_text, html.unescape twice,
+# whitespace runs to one space, lower case. transformers' CLIP tokenizer does only the last two (and NFC,
+# which ftfy also does), so the rest is done here first. The BPE itself (vocab.json + merges.txt of the
+# snapshot, byte-level, "</w>" word ends, OpenAI's split pattern) is the same.
+
+def _plain(text: str) -> bool:
+    """Printable ASCII without '&': text that ftfy.fix_text leaves as it is."""
+    return all(" " <= ch <= "~" or ch in "\t\n\r" for ch in text) and "&" not in text
+
+
+def clip_clean(text: str) -> str:
+    """OpenAI CLIP's caption cleaning (ftfy when installed; without it, exact for plain ASCII text)."""
+    try:
+        import ftfy
+    except ImportError:
+        if not _plain(text):  # one warning per process (a fixed message)
+            warnings.warn("ftfy is not installed: OpenAI's CLIP tokenizer cleans captions that are not plain "
+                          "ASCII with it, so the tokens of those may differ from afford-motion's. pip install ftfy",
+                          stacklevel=2)
+    else:
+        text = ftfy.fix_text(text)
+    text = html.unescape(html.unescape(text)).strip()
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def clip_token_ids(tokenizer, captions: list[str], context_length: int):
+    """OpenAI's `clip.tokenize(captions, context_length, truncate=True)`: start-of-text, the caption's
+    BPE tokens, end-of-text, cut to `context_length` with the last token forced to end-of-text, zeros
+    after. Returns (ids (B, L) long, L = the longest row, and each row's first end-of-text position: the
+    token whose state `encode_text` takes, `argmax` of the ids there, end-of-text being CLIP's largest id;
+    a caption that spells out "<|endoftext|>" is cut there, as in OpenAI's code).
+
+    afford-motion then zero-pads to 77 before `encode_text`; CLIP's attention is causal, so nothing
+    after the end-of-text token reaches its state (or any earlier one): padding only to the longest
+    row gives the same features, in a third of the work (tests/test_model.py checks both)."""
+    sot, eot = tokenizer.bos_token_id, tokenizer.eos_token_id
+    rows = []
+    for caption in captions:
+        tokens = tokenizer.encode(clip_clean(caption), add_special_tokens=False)
+        rows.append([sot] + tokens[: context_length - 2] + [eot])
+    ids = torch.zeros(len(rows), max(len(r) for r in rows), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+    return ids, (ids == eot).int().argmax(1)
+
+
 class TextEncoder:
     """captions -> (features (B, L, dim), pad (B, L) bool); L = 1 for output='pooled'."""
 
@@ -101,19 +194,25 @@ class TextEncoder:
             with _quiet_transformers():
                 config = AutoConfig.from_pretrained(path)
         except (OSError, ValueError) as exc:
-            raise ValueError(
-                f"text model {name!r}: not the built-in 'all-minilm-l6-v2', not a local directory, and "
-                f"not loadable as a hub name ({type(exc).__name__}: {exc}). Give a folder with a CLIP or "
-                f"BERT snapshot (config.json, weights, tokenizer files) or use 'all-minilm-l6-v2'.") from exc
+            raise TextModelError(_how_to_get(name, exc)) from exc
 
         self.kind = "clip" if config.model_type in ("clip", "clip_text_model") else "bert"
         self.device = torch.device("cpu")
         self._model, self._tokenizer = None, None
-        if self.kind == "clip":   # its width depends on whether the weights hold a projection: load now
-            with _quiet_transformers():
-                self._model, self.dim = self._load_clip(path, config)
-            self._model.eval().requires_grad_(False)
-        else:                     # BERT-like: the width is in config.json; weights wait for a cache miss
+        if self.kind == "clip":
+            # The width is known from config.json: a whole CLIP (CLIPModel) and a CLIPTextModelWithProjection
+            # hold the text projection (afford-motion's feature is projected), a bare CLIPTextModel does not.
+            self.text_config = config.text_config if config.model_type == "clip" else config
+            self.use_projection = output == "pooled" and (
+                config.model_type == "clip" or "CLIPTextModelWithProjection" in (config.architectures or []))
+            if self.use_projection:
+                self.text_config.projection_dim = config.projection_dim
+            self.dim = config.projection_dim if self.use_projection else self.text_config.hidden_size
+            context = self.text_config.max_position_embeddings
+            if max_length + 2 > context:
+                raise TextModelError(f"model.text_model.max_length = {max_length}: this CLIP reads at most "
+                                     f"{context} tokens, i.e. max_length <= {context - 2} (afford-motion: 20).")
+        else:                     # BERT-like: the width is in config.json
             self.dim = config.hidden_size
             self.pooling = _sentence_transformers_pooling(path) or ("mean", False)
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -126,18 +225,23 @@ class TextEncoder:
     @property
     def model(self):
         if self._model is None:
-            from transformers import AutoModel
-            with _quiet_transformers():
-                self._model = AutoModel.from_pretrained(self.path)
-            self._model.eval().requires_grad_(False).to(self.device)
+            try:
+                with _quiet_transformers():
+                    model = self._load_clip() if self.kind == "clip" else self._load_auto()
+            except (OSError, ValueError) as exc:
+                raise TextModelError(_how_to_get(self.name, exc)) from exc
+            self._model = model.eval().requires_grad_(False).to(self.device)
         return self._model
 
     @property
     def tokenizer(self):
         if self._tokenizer is None:
             from transformers import AutoTokenizer
-            with _quiet_transformers():
-                self._tokenizer = AutoTokenizer.from_pretrained(self.path)
+            try:
+                with _quiet_transformers():
+                    self._tokenizer = AutoTokenizer.from_pretrained(self.path)
+            except (OSError, ValueError, TypeError) as exc:
+                raise TextModelError(_how_to_get(self.name, exc)) from exc
         return self._tokenizer
 
     @property
@@ -145,24 +249,22 @@ class TextEncoder:
         """Whether the transformer's weights are in memory (False while every caption came from the cache)."""
         return self._model is not None
 
-    def _load_clip(self, path, config):
-        """CLIP with its text projection when the snapshot has one (afford-motion's feature)."""
+    def _load_auto(self):
+        from transformers import AutoModel
+        return AutoModel.from_pretrained(self.path)
+
+    def _load_clip(self):
+        """CLIP's text tower, with the text projection when the pooled feature is projected."""
         from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-        if config.model_type == "clip":  # a whole CLIP: its text half; the projection width is top-level
-            text_config = config.text_config
-            text_config.projection_dim = config.projection_dim
-        else:
-            text_config = config
-        if self.output == "pooled":
-            model, info = CLIPTextModelWithProjection.from_pretrained(path, config=text_config,
-                                                                     output_loading_info=True)
-            if not any(k.startswith("text_projection") for k in info["missing_keys"]):
-                self.use_projection = True
-                return model, model.config.projection_dim
-        self.use_projection = False
-        model = CLIPTextModel.from_pretrained(path, config=text_config)
-        return model, model.config.hidden_size
+        if not self.use_projection:
+            return CLIPTextModel.from_pretrained(self.path, config=self.text_config)
+        model, info = CLIPTextModelWithProjection.from_pretrained(self.path, config=self.text_config,
+                                                                 output_loading_info=True)
+        if any(k.startswith("text_projection") for k in info["missing_keys"]):
+            raise ValueError(f"{self.path} names a projected CLIP text model but its weights hold no "
+                             "text_projection")
+        return model
 
     def __deepcopy__(self, memo):
         # Frozen and shared: an EMA copy of the denoiser must not duplicate it.
@@ -181,24 +283,34 @@ class TextEncoder:
     @torch.no_grad()
     def _run(self, captions: list[str]) -> list[torch.Tensor]:
         """Run the transformer on captions; one CPU tensor (L_i, dim) per caption."""
-        batch = self.tokenizer(captions, padding=True, truncation=True, max_length=self.max_length + 2,
-                               return_tensors="pt").to(self.device)
-        valid = batch["attention_mask"].bool()
         if self.kind == "clip":
-            out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            if self.output == "pooled":
-                feats = (out.text_embeds if self.use_projection else out.pooler_output).unsqueeze(1)
-                valid = valid[:, :1]
-            else:
-                feats = out.last_hidden_state
+            feats, valid = self._run_clip(captions)
         else:
-            out = self.model(**batch)
-            feats = out.last_hidden_state
+            batch = self.tokenizer(captions, padding=True, truncation=True, max_length=self.max_length + 2,
+                                   return_tensors="pt").to(self.device)
+            valid = batch["attention_mask"].bool()
+            feats = self.model(**batch).last_hidden_state
             if self.output == "pooled":
                 feats = self._pool(feats, valid).unsqueeze(1)
                 valid = valid[:, :1]
         self.num_encoded += len(captions)
         return [f[v].float().cpu() for f, v in zip(feats, valid)]
+
+    def _run_clip(self, captions):
+        """afford-motion's encode_text_clip: the end-of-text state (after CLIP's final layer norm) through the
+        text projection; per-token output: the states from start- to end-of-text."""
+        ids, eot = clip_token_ids(self.tokenizer, captions, self.max_length + 2)
+        ids, eot = ids.to(self.device), eot.to(self.device)
+        model = self.model
+        text_model = model.text_model if self.use_projection else model
+        hidden = text_model(input_ids=ids).last_hidden_state          # no attention mask: causal only, as OpenAI
+        positions = torch.arange(ids.shape[1], device=self.device)
+        if self.output == "tokens":
+            return hidden, positions[None, :] <= eot[:, None]
+        pooled = hidden[torch.arange(len(ids), device=self.device), eot]
+        if self.use_projection:
+            pooled = model.text_projection(pooled)
+        return pooled.unsqueeze(1), torch.ones(len(ids), 1, dtype=torch.bool, device=self.device)
 
     def _pool(self, feats, valid):
         mode, normalise = self.pooling
