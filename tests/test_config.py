@@ -70,6 +70,8 @@ def test_guide_overrides_give_the_stable_recipe():
     # stable.yaml is the fork's model with CLIP ViT-B/32 text; the defaults keep the embedded MiniLM (the demo's)
     assert cfg == Config() == load_config(STABLE, GUIDE + ["model.text_model.name=all-minilm-l6-v2"])
     assert load_config(STABLE).model.text_model.name == "openai/clip-vit-base-patch32"
+    # the guide's num_latents=64 / cross_attn are our extension; stable.yaml is the fork's module (1 / adaln)
+    assert load_config(STABLE).model.condition_embedder.num_latents == 1
 
 
 def test_overrides_typed_values():
@@ -124,7 +126,8 @@ def test_stable_yaml_is_the_guide_recipe():
     assert m.arch == "dit" and m.latent_dim == 512 and m.num_layers == [1, 1, 1, 1, 1]
     assert m.dim_feedforward == 1024 and m.dropout == 0.15 and m.dit_drop_path == 0.05
     assert m.dit_use_cross_attn_pooling is True and m.condition_embedder.use_cross_attn_pooling is True
-    assert m.condition_embedder.num_latents == 64 and m.condition_embedder.fusion_method == "cross_attn"
+    assert m.condition_embedder.num_latents == 1 and m.condition_embedder.fusion_method == "adaln"  # the fork's
+    assert m.contact_model.arch == "point_transformer"
     assert m.text_model.max_length == 20
     assert t.lr == 3e-5 and t.grad_clip == 1.0 and t.warmup_steps == 2000 and t.weight_decay == 1e-4
     assert t.lr_scheduler == "cosine"
@@ -134,7 +137,9 @@ def test_stable_yaml_is_the_guide_recipe():
     assert t.save_best is True and t.best_metric == "fid"
     assert cfg.task.train.batch_size == 32
     assert m.text_model.name == "openai/clip-vit-base-patch32"  # the fork's text encoder, CLIP ViT-B/32
-    assert load_config(STABLE, ["model.text_model.name=all-minilm-l6-v2"]) == Config()  # defaults: the rest of it
+    fork = ["model.text_model.name=all-minilm-l6-v2", "model.condition_embedder.num_latents=64",
+            "model.condition_embedder.fusion_method=cross_attn"]
+    assert load_config(STABLE, fork) == Config()  # defaults: the rest of it
 
 
 def test_demo_yaml_loads_and_is_small():
@@ -380,7 +385,9 @@ def test_save_load_round_trip(tmp_path, recipe):
 def test_config_hash():
     h = config_hash(Config())
     assert len(h) == 12 and int(h, 16) >= 0
-    assert config_hash(load_config(STABLE, ["model.text_model.name=all-minilm-l6-v2"])) == h
+    assert config_hash(load_config(STABLE, ["model.text_model.name=all-minilm-l6-v2",
+                                            "model.condition_embedder.num_latents=64",
+                                            "model.condition_embedder.fusion_method=cross_attn"])) == h
     assert config_hash(load_config(None, ["training.grad_clip=1"])) == h  # 1 and 1.0 are one recipe
     assert config_hash(load_config(None, ["training.lr=3.1e-5"])) != h
     assert config_hash(load_config(None, ["model.num_layers=[1,1,1,1,2]"])) != h

@@ -103,3 +103,17 @@ def test_other_settings_name_what_the_fork_checkpoint_needs():
     assert need[1:] == ["model.condition_embedder.num_latents=1", "model.condition_embedder.fusion_method=adaln"]
     cross = FORK["dit_cross_small"]
     assert dit_settings_mismatch(fork_state(cross), _cfg(entry["settings"]))[1:] == ["model.arch=dit_cross"]
+
+
+def test_stable_yaml_builds_the_forks_dit():
+    """configs/stable.yaml is the fork's model: its state dict has the fork's keys and shapes (the text
+    adapter's input width is the text model's: 512 for CLIP, 384 for the MiniLM this test builds with)."""
+    from cmdm.config import load_config
+    from cmdm.model import build_model
+    cfg = load_config(str(Path(__file__).resolve().parents[1] / "configs" / "stable.yaml"),
+                      ["model.text_model.name=all-minilm-l6-v2"])
+    mine = {k: tuple(v.shape) for k, v in build_model(cfg, load_text_encoder=False).state_dict().items()
+            if fork_part(k)}
+    theirs = {k: tuple(s) for k, s in FORK["dit_stable"]["keys"] if fork_part(k)}
+    assert theirs.pop("language_adapter.weight") == (512, 512) and mine.pop("language_adapter.weight") == (512, 384)
+    assert mine == theirs
