@@ -1,7 +1,6 @@
 """The diffusion maths: schedules, q_sample, masked loss, DDPM / DDIM, guidance, and one overfit."""
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -238,7 +237,6 @@ def test_tiny_model_overfits_one_batch(arch):
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     # Fixed timesteps and noise: the same regression problem every step, so it must be fit.
     t, noise = torch.tensor([5, 30, 60, 95]), torch.randn(B, T, 263, generator=g)
-    start = time.perf_counter()
     losses = []
     for _ in range(300):
         loss = d.training_loss(model, x0, model.encode_conditions(text, contact), mask, t=t, noise=noise)
@@ -249,4 +247,3 @@ def test_tiny_model_overfits_one_batch(arch):
         if losses[-1] < 0.03 * losses[0]:
             break
     assert losses[-1] < 0.05 * losses[0], (losses[0], losses[-1], len(losses))
-    assert time.perf_counter() - start < 20
