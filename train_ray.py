@@ -18,7 +18,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python train_ray.py", description=__doc__.split("\n")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("config", help="YAML config, e.g. configs/stable.yaml or configs/demo.yaml")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. training.lr=2e-5")
+    parser.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides, e.g. training.lr=2e-5")
     parser.add_argument("--name", help="run name: outputs/NAME (default: the config's name)")
     parser.add_argument("--resume-from", help="initialise the weights from this checkpoint (ours or afford-motion's)")
     parser.add_argument("--partial", action="store_true",

@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     p.add_argument("--split", default="test")
     p.add_argument("--out", help="JSON file for the results (default: next to the checkpoint)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+    p.add_argument("overrides", nargs="*", default=[], help="key=value config overrides")
     args = p.parse_args(argv)
 
     from cmdm.data.humanml3d import DataError, dataset_from_config

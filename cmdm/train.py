@@ -19,6 +19,7 @@ Outputs (the layout users of the guide know):
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -36,7 +37,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from cmdm.atomic import atomic_torch_save, atomic_write_text
+from cmdm.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_text, torch_bytes
 from cmdm.config import Config, config_from_dict, config_hash, config_to_dict, save_config
 from cmdm.data.humanml3d import collate, dataset_from_config
 
@@ -143,25 +144,65 @@ class RunFiles:
 
 
 def save_best(files: RunFiles, model_state: dict, record: dict, cfg: Config) -> None:
-    """model_best.pt first (it embeds the metrics), then best_metrics.json: each rename is atomic, and the
-    json is only ever a copy of what the .pt holds (`reconcile_best` repairs it after a crash between the two)."""
-    atomic_torch_save({"model": model_state, "config": config_to_dict(cfg), "metrics": record,
-                       "format": "cmdm-checkpoint", "version": CHECKPOINT_VERSION}, files.best)
-    atomic_write_text(files.best_json, json.dumps(record, indent=2) + "\n")
+    """model_best.pt first (it embeds the metrics), then best_metrics.json, which is the same record plus the
+    sha256 of the model_best.pt it describes: each rename is atomic, a reader (`read_best`) tells whether the
+    two belong together, and after a crash between the renames the .pt's own record is the truth."""
+    data = torch_bytes({"model": model_state, "config": config_to_dict(cfg), "metrics": record,
+                        "format": "cmdm-checkpoint", "version": CHECKPOINT_VERSION})
+    atomic_write_bytes(files.best, data)
+    atomic_write_text(files.best_json, best_json_text(record, hashlib.sha256(data).hexdigest()))
+
+
+def best_json_text(record: dict, checkpoint_sha256: str) -> str:
+    return json.dumps({**record, "checkpoint_sha256": checkpoint_sha256}, indent=2) + "\n"
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_best(checkpoints_dir) -> dict | None:
+    """The record of checkpoints_dir/model_best.pt, or None when there is no readable model_best.pt.
+
+    best_metrics.json is used when its `checkpoint_sha256` is the hash of the model_best.pt beside it;
+    otherwise (a crash between the two writes, a json of an older best, a missing or broken json) the
+    record embedded in model_best.pt is returned. The result carries the `checkpoint_sha256` it was
+    checked against, so a copy of the pair can be checked again."""
+    from cmdm.model.checkpoint import CheckpointError, read_checkpoint
+    best, best_json = Path(checkpoints_dir) / "model_best.pt", Path(checkpoints_dir) / "best_metrics.json"
+    if not best.is_file():
+        return None
+    sha = file_sha256(best)
+    try:
+        on_disk = json.loads(best_json.read_text())
+    except (OSError, ValueError):
+        on_disk = None
+    if isinstance(on_disk, dict) and on_disk.get("checkpoint_sha256") == sha:
+        return on_disk
+    try:
+        obj = read_checkpoint(best)
+    except CheckpointError:
+        return None
+    record = obj.get("metrics") if isinstance(obj, dict) else None
+    return {**record, "checkpoint_sha256": sha} if isinstance(record, dict) else None
 
 
 def reconcile_best(files: RunFiles) -> dict | None:
-    """The best record as model_best.pt holds it; rewrites best_metrics.json when it disagrees."""
-    if not files.best.is_file():
+    """The best record as model_best.pt holds it; rewrites best_metrics.json when it does not match the .pt."""
+    record = read_best(files.checkpoints)
+    if record is None:
         return None
-    record = torch.load(files.best, map_location="cpu", weights_only=True)["metrics"]
     try:
         on_disk = json.loads(files.best_json.read_text())
     except (OSError, ValueError):
         on_disk = None
     if on_disk != record:
         atomic_write_text(files.best_json, json.dumps(record, indent=2) + "\n")
-    return record
+    return {k: v for k, v in record.items() if k != "checkpoint_sha256"}
 
 
 def make_logger(path: Path | None) -> logging.Logger:
