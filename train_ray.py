@@ -36,17 +36,10 @@ def main(argv=None) -> int:
 
     from cmdm.data.humanml3d import DataError
     from cmdm.evaluation.networks import CheckpointError as EvaluatorFilesError
-    from cmdm.model.checkpoint import CheckpointError, read_checkpoint
-    from cmdm.train import run_training
-    if args.resume_from:
-        try:
-            read_checkpoint(args.resume_from)
-        except CheckpointError as err:
-            print(f"error: --resume-from: {err}", file=sys.stderr)
-            return 2
-    try:
+    from cmdm.train import RunError, run_training
+    try:   # the rerun's last.pt and --resume-from are checked first, before data preparation and Ray
         metrics = run_training(cfg, init_from=args.resume_from, partial=args.partial)
-    except DataError as err:
+    except (RunError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except EvaluatorFilesError as err:

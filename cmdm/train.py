@@ -575,22 +575,60 @@ def absolute_paths(cfg: Config) -> Config:
     }, source="resolved paths")
 
 
+class RunError(Exception):
+    """A run that must not start (its folder's last.pt, its --resume-from weights): one paragraph, the fix."""
+
+
 def check_rerun(cfg: Config, files: RunFiles) -> list[str]:
-    """A rerun under the same name resumes its last.pt: refuse when the model differs (the weights would
-    not fit), and return the other keys that changed so the caller can say so."""
+    """A rerun under the same name resumes its last.pt: refuse when it cannot be read or the model differs
+    (the weights would not fit), and return the other keys that changed so the caller can say so."""
+    from cmdm.model.checkpoint import CheckpointError, read_checkpoint
     if not files.last.is_file():
         return []
-    old = torch.load(files.last, map_location="cpu", weights_only=True).get("config", {})
+    try:
+        state = read_checkpoint(files.last)
+        if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or "step" not in state:
+            raise CheckpointError(f"checkpoint {str(files.last)!r} is not a last.pt of this trainer "
+                                  "(no 'model' and 'step' entries)")
+    except CheckpointError as err:
+        raise RunError(
+            f"{err} A run with the same name resumes from {files.last}, and this one cannot be read, so nothing "
+            f"was started and the file was left as it is. Move it aside (or delete it yourself) to start "
+            f"{files.root} over, or pass another --name to keep this run as it is.") from None
+    old = state.get("config") if isinstance(state.get("config"), dict) else {}
     new = config_to_dict(cfg)
     changed = sorted(f"{sec}.{k}" for sec in new if isinstance(new[sec], dict)
-                     for k in new[sec] if old.get(sec, {}).get(k) != new[sec][k])
+                     for k in new[sec] if (old.get(sec) or {}).get(k) != new[sec][k])
     model_changed = [k for k in changed if k.startswith(("model.", "diffusion."))]
     if model_changed:
-        raise SystemExit(
-            f"error: {files.last} was trained with another model ({', '.join(model_changed)} differ). A run "
+        raise RunError(
+            f"{files.last} was trained with another model ({', '.join(model_changed)} differ). A run "
             f"with the same name resumes its last checkpoint: choose another --name, or delete {files.root} "
             "to start over.")
     return changed
+
+
+def check_init_from(cfg: Config, init_from: str | None, partial: bool) -> None:
+    """--resume-from must be a file of weights that fit this config's model (all of them, or with --partial
+    at least one key): checked in the driver before any data is prepared or any worker starts."""
+    from cmdm.model import build_model
+    from cmdm.model.checkpoint import CheckpointError, check_weights
+    if init_from is None:
+        if partial:
+            raise RunError("--partial only changes how --resume-from weights load: give --resume-from "
+                           "CHECKPOINT with it, or leave --partial out.")
+        return
+    builtin = cfg.model.text_model.name.lower() == "all-minilm-l6-v2"
+    try:
+        # shapes only (no memory for the weights) where the text encoder need not load its own weights
+        with torch.device("meta") if builtin else nullcontext():
+            model = build_model(cfg, load_text_encoder=not builtin)
+        check_weights(model, init_from, strict=not partial, partial=partial)
+    except CheckpointError as err:
+        detail = " ".join(str(err).replace("Pass partial=True", "Pass --partial").split())
+        fix = "" if partial else " With --partial only the keys whose names and shapes match are loaded."
+        raise RunError(f"--resume-from {init_from}: {detail}{fix} Give a model_best.pt / last.pt of this "
+                       "model (or afford-motion's weights of the same architecture).") from None
 
 
 def start_ray(address: str, num_cpus: int | None = None):
@@ -694,6 +732,7 @@ def run_training(cfg: Config, *, init_from: str | None = None, partial: bool = F
     cfg = absolute_paths(cfg)
     files = RunFiles(cfg.run_dir)
     changed = check_rerun(cfg, files)
+    check_init_from(cfg, init_from, partial)
     if changed:
         print(f"Resuming {files.root} with changed settings: {', '.join(changed)}")
     prepare(cfg)

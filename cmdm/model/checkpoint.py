@@ -124,6 +124,20 @@ def load_model_weights(model: torch.nn.Module, path_or_state, strict: bool = Tru
 
     The report's counts are printed in partial mode (or when verbose=True).
     """
+    report, to_load = _match_weights(model, path_or_state, strict, partial)
+    getattr(model, "module", model).load_state_dict(to_load, strict=False)
+    if verbose or (verbose is None and partial):
+        print(report.summary())
+    return report
+
+
+def check_weights(model: torch.nn.Module, path_or_state, strict: bool = True, partial: bool = False) -> LoadReport:
+    """What `load_model_weights` would report, or the CheckpointError it would raise, without loading:
+    for CLIs that check --resume-from before they prepare data or start workers."""
+    return _match_weights(model, path_or_state, strict, partial)[0]
+
+
+def _match_weights(model, path_or_state, strict, partial):
     if isinstance(path_or_state, (str, os.PathLike)):
         source = os.fspath(path_or_state)
         obj = read_checkpoint(source)
@@ -159,7 +173,4 @@ def load_model_weights(model: torch.nn.Module, path_or_state, strict: bool = Tru
     if not to_load:
         raise CheckpointError(f"{source}: no key of the checkpoint fits this model\n{report.details()}")
 
-    model.load_state_dict(to_load, strict=False)
-    if verbose or (verbose is None and partial):
-        print(report.summary())
-    return report
+    return report, to_load
