@@ -123,7 +123,7 @@ def load_for_evaluation(checkpoint: str, config_path: str | None, overrides=(), 
     from cmdm.config import config_from_dict, load_config
     from cmdm.diffusion import build_diffusion
     from cmdm.model import build_model, load_model_weights
-    from cmdm.model.checkpoint import read_checkpoint
+    from cmdm.model.checkpoint import CheckpointError, read_checkpoint
     obj = read_checkpoint(checkpoint)
     if config_path is None and isinstance(obj, dict) and isinstance(obj.get("config"), dict):
         cfg = config_from_dict(obj["config"], source=f"{checkpoint} (embedded config)")
@@ -133,8 +133,8 @@ def load_for_evaluation(checkpoint: str, config_path: str | None, overrides=(), 
     elif config_path is not None:
         cfg = load_config(config_path, overrides)
     else:
-        raise SystemExit(f"error: {checkpoint} holds no config (an afford-motion state dict?): pass --config CONFIG.yaml "
-                         "with the model settings it was trained with.")
+        raise CheckpointError(f"{checkpoint} holds no config (an afford-motion state dict?): pass --config "
+                              "CONFIG.yaml with the model settings it was trained with.")
     from cmdm.train import load_text_cache
     model = build_model(cfg).to(device)
     load_model_weights(model, obj, strict=True)
@@ -213,13 +213,18 @@ def main(argv=None) -> int:
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             return 2
+        # the cheaper check first: the official evaluator's files are looked up in a moment, while the
+        # evaluator of a synthetic / custom set may have to be fitted (minutes) after its data is read
+        if cfg.data.name == "humanml3d":
+            evaluator = load_evaluator(cfg, device=args.device)
         split = dataset_from_config(cfg.data, args.split, train=False, progress=False)   # its files, up front
         if len(split) < cfg.evaluation.batch_size:
             print(f"error: --split {args.split}: {Path(cfg.data.root) / (args.split + '.txt')} yields {len(split)} "
                   f"clips, fewer than one R-precision batch (evaluation.batch_size = {cfg.evaluation.batch_size}); "
                   "evaluate on a larger split (--split test) or lower evaluation.batch_size=...", file=sys.stderr)
             return 2
-        evaluator = load_evaluator(cfg, device=args.device)
+        if cfg.data.name != "humanml3d":
+            evaluator = load_evaluator(cfg, device=args.device)
     except (EvaluatorFilesError, VocabularyError) as err:
         print(f"error: evaluation.evaluator_dir / evaluation.glove_dir: {err}", file=sys.stderr)
         return 2

@@ -612,23 +612,30 @@ def check_init_from(cfg: Config, init_from: str | None, partial: bool) -> None:
     """--resume-from must be a file of weights that fit this config's model (all of them, or with --partial
     at least one key): checked in the driver before any data is prepared or any worker starts."""
     from cmdm.model import build_model
-    from cmdm.model.checkpoint import CheckpointError, check_weights
+    from cmdm.model.checkpoint import CheckpointError, check_weights, extract_state_dict, read_checkpoint
     if init_from is None:
         if partial:
             raise RunError("--partial only changes how --resume-from weights load: give --resume-from "
                            "CHECKPOINT with it, or leave --partial out.")
         return
-    builtin = cfg.model.text_model.name.lower() == "all-minilm-l6-v2"
+
+    def refuse(err, fix=""):
+        detail = " ".join(str(err).replace("Pass partial=True", "Pass --partial").split()).rstrip(".")
+        return RunError(f"--resume-from {init_from}: {detail}.{fix} Give a model_best.pt / last.pt of this model "
+                        "(or afford-motion's weights of the same architecture).")
+
     try:
-        # shapes only (no memory for the weights) where the text encoder need not load its own weights
-        with torch.device("meta") if builtin else nullcontext():
-            model = build_model(cfg, load_text_encoder=not builtin)
-        check_weights(model, init_from, strict=not partial, partial=partial)
+        state = extract_state_dict(read_checkpoint(init_from), init_from)
     except CheckpointError as err:
-        detail = " ".join(str(err).replace("Pass partial=True", "Pass --partial").split())
-        fix = "" if partial else " With --partial only the keys whose names and shapes match are loaded."
-        raise RunError(f"--resume-from {init_from}: {detail}{fix} Give a model_best.pt / last.pt of this "
-                       "model (or afford-motion's weights of the same architecture).") from None
+        raise refuse(err) from None
+    builtin = cfg.model.text_model.name.lower() == "all-minilm-l6-v2"
+    model = build_model(cfg, load_text_encoder=not builtin)   # the built-in text model's width is known
+    try:
+        check_weights(model, state, strict=not partial, partial=partial)
+    except CheckpointError as err:
+        hint = not partial and "No key matched" not in str(err)
+        raise refuse(err, " With --partial only the keys whose names and shapes match load." if hint else "") \
+            from None
 
 
 def start_ray(address: str, num_cpus: int | None = None):

@@ -480,9 +480,12 @@ def main(argv=None):
                     negatives=a.negatives, threads=a.threads, seed=a.seed)
     try:
         path = fit(a.data, a.out, cfg, progress=not a.quiet)
-    except (DataError, ValueError) as err:
-        print(f"error: --data {data}: {' '.join(str(err).split())} Fix the dataset (or a smaller --batch-size).",
-              file=sys.stderr)
+    except DataError as err:
+        print(f"error: --data {data}: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except ValueError as err:   # e.g. fewer clips than one batch
+        print(f"error: --data {data}: {' '.join(str(err).split())} (is the dataset smaller than one batch? give "
+              f"more clips or a smaller --batch-size than {a.batch_size})", file=sys.stderr)
         return 2
     table = read_checkpoint(path)["metrics"]
     print(format_table(table))
