@@ -29,6 +29,10 @@ def export_main(argv) -> int:
     except ExportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:   # a full disk, a read-only folder: the earlier export (if any) is left as it was
+        print(f"error: the export to {args.out or 'SWEEP_DIR/best'} failed ({err}); nothing was changed there. "
+              "Free space or choose a writable --out, then run the export again.", file=sys.stderr)
+        return 2
     print(f"Exported the best trial to {out}\n"
           f"  evaluate:  python -m cmdm.evaluate {out / 'model_best.pt'}\n"
           f"  fine-tune: python train_ray.py {out / 'config.yaml'} --name CMDM-Finetune "

@@ -707,5 +707,10 @@ def _swap_in(new: Path, out: Path) -> None:
         return
     old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
     os.rename(out, old / out.name)
-    os.rename(new, out)
+    try:
+        os.rename(new, out)
+    except BaseException:
+        os.rename(old / out.name, out)    # put the earlier export back
+        os.rmdir(old)
+        raise
     shutil.rmtree(old)
