@@ -210,3 +210,21 @@ def test_a_rerun_never_deletes_its_corrupt_last_pt(tmp_path, monkeypatch):
     assert (tmp_path / "outputs/CMDM-Demo/checkpoints/last.pt").read_text() == "garbage"
     assert not ray.is_initialized()
     assert not (tmp_path / "data").exists()       # no data preparation either
+
+
+def test_the_up_front_checks_pass_what_would_load(tmp_path):
+    """The other side of the --resume-from rows: a checkpoint of the same model passes strictly, another
+    architecture's passes with --partial (some keys fit), and a rerun's readable last.pt reports what changed."""
+    from cmdm.config import config_to_dict
+    from cmdm.train import RunFiles, check_init_from, check_rerun
+    cfg = tiny_cfg(tmp_path)
+    torch.save({"model": tiny_model(cfg).state_dict(), "config": config_to_dict(cfg)}, tmp_path / "same.pt")
+    torch.save(other_shapes(tmp_path), tmp_path / "other.pt")
+    check_init_from(cfg, str(tmp_path / "same.pt"), partial=False)
+    check_init_from(cfg, str(tmp_path / "other.pt"), partial=True)
+    check_init_from(cfg, None, partial=False)
+    files = RunFiles(tmp_path / "run")
+    files.checkpoints.mkdir(parents=True)
+    lr_cfg = tiny_cfg(tmp_path, "training.lr=1e-4")
+    torch.save({"model": tiny_model(cfg).state_dict(), "step": 5, "config": config_to_dict(lr_cfg)}, files.last)
+    assert check_rerun(cfg, files) == ["training.lr"]
