@@ -13,7 +13,7 @@ Outputs (the layout users of the guide know):
     outputs/<name>/logs/runtime.log                 [TRAIN] / [EVAL] / Best model lines
     outputs/<name>/logs/events.out.tfevents.*       TensorBoard: loss, grad, lr, metrics, sample motions
     outputs/<name>/checkpoints/last.pt              model, optimizer, scheduler, EMA, step, RNG
-    outputs/<name>/checkpoints/model_best.pt        + best_metrics.json, written as a pair
+    outputs/<name>/checkpoints/model_best.pt        + best_metrics.json (with the .pt's sha256): a checked pair
     outputs/<name>/ray/                             Ray Train's run folder (its checkpoints, for retries)
 """
 from __future__ import annotations

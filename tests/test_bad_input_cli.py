@@ -2,7 +2,6 @@
 (no arguments, export) and the evaluator fit. No row trains, fits or starts Ray: every mistake is refused before.
 
 The checkpoints the rows need are tiny models built here (configs/demo.yaml with a 32-wide, 2-layer model)."""
-import json
 
 import pytest
 import torch
