@@ -18,7 +18,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python train_ray.py", description=__doc__.split("\n")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("config", help="YAML config, e.g. configs/stable.yaml or configs/demo.yaml")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. training.lr=2e-5")
+    parser.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides, e.g. training.lr=2e-5")
     parser.add_argument("--name", help="run name: outputs/NAME (default: the config's name)")
     parser.add_argument("--resume-from", help="initialise the weights from this checkpoint (ours or afford-motion's)")
     parser.add_argument("--partial", action="store_true",
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     from cmdm.evaluation.networks import CheckpointError as EvaluatorFilesError
     from cmdm.model.checkpoint import CheckpointError, dit_settings_mismatch, extract_state_dict, read_checkpoint
     from cmdm.model.text import TextModelError
-    from cmdm.train import run_training
+    from cmdm.train import RunError, run_training
     if args.resume_from:
         try:
             state = extract_state_dict(read_checkpoint(args.resume_from), args.resume_from)
@@ -52,9 +52,9 @@ def main(argv=None) -> int:
                   f"Fix: add these overrides to the command, or pass --partial to load only the keys that "
                   f"match.", file=sys.stderr)
             return 2
-    try:
+    try:   # the rerun's last.pt and --resume-from are checked first, before data preparation and Ray
         metrics = run_training(cfg, init_from=args.resume_from, partial=args.partial)
-    except (DataError, TextModelError) as err:
+    except (RunError, DataError, TextModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except EvaluatorFilesError as err:

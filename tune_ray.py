@@ -23,8 +23,16 @@ def export_main(argv) -> int:
     p.add_argument("sweep_dir", help="the sweep folder, e.g. outputs/CMDM-Demo-Sweep")
     p.add_argument("--out", help="destination folder (default: SWEEP_DIR/best)")
     args = p.parse_args(argv)
-    from cmdm.tune import export_best
-    out = export_best(args.sweep_dir, args.out)
+    from cmdm.tune import ExportError, export_best
+    try:
+        out = export_best(args.sweep_dir, args.out)
+    except ExportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:   # a full disk, a read-only folder: the earlier export (if any) is left as it was
+        print(f"error: the export to {args.out or 'SWEEP_DIR/best'} failed ({err}); nothing was changed there. "
+              "Free space or choose a writable --out, then run the export again.", file=sys.stderr)
+        return 2
     print(f"Exported the best trial to {out}\n"
           f"  evaluate:  python -m cmdm.evaluate {out / 'model_best.pt'}\n"
           f"  fine-tune: python train_ray.py {out / 'config.yaml'} --name CMDM-Finetune "
@@ -39,7 +47,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python tune_ray.py", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("sweep", help="sweep YAML, e.g. sweeps/demo.yaml or sweeps/stable.yaml")
-    parser.add_argument("overrides", nargs="*", help="key=value on the sweep file, base.<key>=value on the trials")
+    parser.add_argument("overrides", nargs="*", default=[], help="key=value on the sweep file, base.<key>=value on the trials")
     parser.add_argument("--address", default="", help="join this Ray cluster (e.g. auto) instead of a local Ray")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this file")
     args = parser.parse_intermixed_args(argv)

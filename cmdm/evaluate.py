@@ -20,7 +20,8 @@ import torch
 from tqdm import tqdm
 
 from cmdm.atomic import atomic_write_text
-from cmdm.data.humanml3d import collate
+from cmdm.cli import number
+from cmdm.data.humanml3d import collate, dataset_from_config
 
 TABLE_KEYS = ("top1", "top2", "top3", "fid", "mm_dist", "diversity", "multimodality")
 
@@ -122,7 +123,7 @@ def load_for_evaluation(checkpoint: str, config_path: str | None, overrides=(), 
     from cmdm.config import config_from_dict, load_config
     from cmdm.diffusion import build_diffusion
     from cmdm.model import build_model, load_model_weights
-    from cmdm.model.checkpoint import read_checkpoint
+    from cmdm.model.checkpoint import CheckpointError, read_checkpoint
     obj = read_checkpoint(checkpoint)
     if config_path is None and isinstance(obj, dict) and isinstance(obj.get("config"), dict):
         cfg = config_from_dict(obj["config"], source=f"{checkpoint} (embedded config)")
@@ -132,8 +133,8 @@ def load_for_evaluation(checkpoint: str, config_path: str | None, overrides=(), 
     elif config_path is not None:
         cfg = load_config(config_path, overrides)
     else:
-        raise SystemExit(f"error: {checkpoint} holds no config (an afford-motion state dict?): pass --config CONFIG.yaml "
-                         "with the model settings it was trained with.")
+        raise CheckpointError(f"{checkpoint} holds no config (an afford-motion state dict?): pass --config "
+                              "CONFIG.yaml with the model settings it was trained with.")
     from cmdm.train import load_text_cache
     model = build_model(cfg).to(device)
     load_model_weights(model, obj, strict=True)
@@ -141,42 +142,104 @@ def load_for_evaluation(checkpoint: str, config_path: str | None, overrides=(), 
     return cfg, model, build_diffusion(cfg.diffusion)
 
 
+def check_device(name: str) -> str | None:
+    """None when torch can use device `name` here, else the problem and the fix."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        return f"--device {name}: not a torch device; use cpu, cuda or cuda:N."
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return (f"--device {name}: this machine has no CUDA device torch can use (torch.cuda.is_available() is "
+                "False); use --device cpu.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        return f"--device {name}: there are {torch.cuda.device_count()} CUDA device(s); use cuda:0 .. cuda:N-1."
+    return None
+
+
+def check_out(out: Path) -> str | None:
+    """None when the results can be written to `out` (its folder exists: none is created), else the problem."""
+    if out.is_dir():
+        return f"--out {out} is a folder; give a file name for the results, e.g. {out / 'results.json'}."
+    if not out.parent.is_dir():
+        return (f"--out {out}: its folder {out.parent} does not exist (no folder is created for it); create "
+                "the folder first, or give a file in an existing folder.")
+    return None
+
+
+def check_against_config(args, cfg) -> str | None:
+    """The flags that depend on the checkpoint's config: None when they fit, else the problem and the fix."""
+    if args.steps is not None and args.steps > cfg.diffusion.steps:
+        return (f"--steps {args.steps}: the model was trained with diffusion.steps = {cfg.diffusion.steps}; "
+                f"give --steps from 1 to {cfg.diffusion.steps}.")
+    if args.samples is not None and args.samples < cfg.evaluation.batch_size:
+        return (f"--samples {args.samples}: R-precision needs at least one batch of evaluation.batch_size = "
+                f"{cfg.evaluation.batch_size} test items; give --samples {cfg.evaluation.batch_size} or more "
+                f"(or lower evaluation.batch_size=...).")
+    return None
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m cmdm.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("checkpoint")
     p.add_argument("--config", help="config YAML (needed for raw afford-motion state dicts)")
-    p.add_argument("--samples", type=int, default=None, help="test items per replication (default: all)")
+    p.add_argument("--samples", type=number(int, 1), default=None, help="test items per replication (default: all)")
     p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None)
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: evaluation.ddim_steps)")
-    p.add_argument("--eta", type=float, default=None)
-    p.add_argument("--guidance", type=float, default=None)
-    p.add_argument("--replications", type=int, default=None)
+    p.add_argument("--steps", type=number(int, 1), default=None, help="DDIM steps (default: evaluation.ddim_steps)")
+    p.add_argument("--eta", type=number(float, 0.0, 1.0), default=None)
+    p.add_argument("--guidance", type=number(float, 0.0), default=None)
+    p.add_argument("--replications", type=number(int, 1), default=None)
     p.add_argument("--mm", action="store_true", help="also MultiModality (30 generations per caption, 100 captions)")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", choices=["test", "val", "train"], default="test")
     p.add_argument("--out", help="JSON file for the results (default: next to the checkpoint)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+    p.add_argument("overrides", nargs="*", default=[], help="key=value config overrides")
     args = p.parse_args(argv)
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".eval.json")
+    problem = check_device(args.device) or (check_out(out) if args.out else None)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
 
-    from cmdm.data.humanml3d import DataError, dataset_from_config
+    from cmdm.config import ConfigError
+    from cmdm.data.humanml3d import DataError
     from cmdm.evaluation.evaluator import load_evaluator
     from cmdm.evaluation.metrics import replications_summary
+    from cmdm.evaluation.networks import CheckpointError as EvaluatorFilesError
+    from cmdm.evaluation.word_vectorizer import VocabularyError
     from cmdm.model.checkpoint import CheckpointError
     try:
         cfg, model, diffusion = load_for_evaluation(args.checkpoint, args.config, args.overrides, args.device)
+        problem = check_against_config(args, cfg)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
         from cmdm.train import check_text_model
         check_text_model(cfg, use_cache=args.split in ("train", "test"))  # the cache holds train/test captions
-        evaluator = load_evaluator(cfg, device=args.device)
-    except (DataError, CheckpointError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        # the cheaper check first: the official evaluator's files are looked up in a moment, while the
+        # evaluator of a synthetic / custom set may have to be fitted (minutes) after its data is read
+        if cfg.data.name == "humanml3d":
+            evaluator = load_evaluator(cfg, device=args.device)
+        split = dataset_from_config(cfg.data, args.split, train=False, progress=False)   # its files, up front
+        if len(split) < cfg.evaluation.batch_size:
+            print(f"error: --split {args.split}: {Path(cfg.data.root) / (args.split + '.txt')} yields {len(split)} "
+                  f"clips, fewer than one R-precision batch (evaluation.batch_size = {cfg.evaluation.batch_size}); "
+                  "evaluate on a larger split (--split test) or lower evaluation.batch_size=...", file=sys.stderr)
+            return 2
+        if cfg.data.name != "humanml3d":
+            evaluator = load_evaluator(cfg, device=args.device)
+    except (EvaluatorFilesError, VocabularyError) as err:
+        print(f"error: evaluation.evaluator_dir / evaluation.glove_dir: {err}", file=sys.stderr)
+        return 2
+    except (DataError, CheckpointError, ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     ev = cfg.evaluation
     sampler = args.sampler or ev.sampler
-    steps = None if sampler == "ddpm" else (args.steps or ev.ddim_steps)
+    steps = None if sampler == "ddpm" else (ev.ddim_steps if args.steps is None else args.steps)
     guidance = ev.guidance_scale if args.guidance is None else args.guidance
     eta = ev.ddim_eta if args.eta is None else args.eta
-    reps = args.replications or ev.replications
-    num = args.samples or 10**9
+    reps = ev.replications if args.replications is None else args.replications
+    num = 10**9 if args.samples is None else args.samples
 
     rows = {"ground truth": [], "model": []}
     t0 = time.time()
@@ -201,7 +264,6 @@ def main(argv=None) -> int:
     print(format_table(summary))
     print(f"{len(idx)} test items x {reps} replication(s), sampler {sampler}"
           f"{'' if steps is None else f' {steps} steps'}, guidance {guidance}: {seconds:.1f} s")
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".eval.json")
     result = {"checkpoint": str(args.checkpoint), "sampler": sampler, "steps": steps, "guidance": guidance,
               "replications": reps, "num_samples": len(idx), "seconds": seconds,
               "rows": {n: {k: {"mean": m, "half_width": h} for k, (m, h) in s.items()} for n, s in summary.items()}}

@@ -13,12 +13,13 @@ Outputs (the layout users of the guide know):
     outputs/<name>/logs/runtime.log                 [TRAIN] / [EVAL] / Best model lines
     outputs/<name>/logs/events.out.tfevents.*       TensorBoard: loss, grad, lr, metrics, sample motions
     outputs/<name>/checkpoints/last.pt              model, optimizer, scheduler, EMA, step, RNG
-    outputs/<name>/checkpoints/model_best.pt        + best_metrics.json, written as a pair
+    outputs/<name>/checkpoints/model_best.pt        + best_metrics.json (with the .pt's sha256): a checked pair
     outputs/<name>/ray/                             Ray Train's run folder (its checkpoints, for retries)
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -36,7 +37,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from cmdm.atomic import atomic_torch_save, atomic_write_text
+from cmdm.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_text, torch_bytes
 from cmdm.config import Config, config_from_dict, config_hash, config_to_dict, save_config
 from cmdm.data.humanml3d import collate, dataset_from_config
 
@@ -143,25 +144,65 @@ class RunFiles:
 
 
 def save_best(files: RunFiles, model_state: dict, record: dict, cfg: Config) -> None:
-    """model_best.pt first (it embeds the metrics), then best_metrics.json: each rename is atomic, and the
-    json is only ever a copy of what the .pt holds (`reconcile_best` repairs it after a crash between the two)."""
-    atomic_torch_save({"model": model_state, "config": config_to_dict(cfg), "metrics": record,
-                       "format": "cmdm-checkpoint", "version": CHECKPOINT_VERSION}, files.best)
-    atomic_write_text(files.best_json, json.dumps(record, indent=2) + "\n")
+    """model_best.pt first (it embeds the metrics), then best_metrics.json, which is the same record plus the
+    sha256 of the model_best.pt it describes: each rename is atomic, a reader (`read_best`) tells whether the
+    two belong together, and after a crash between the renames the .pt's own record is the truth."""
+    data = torch_bytes({"model": model_state, "config": config_to_dict(cfg), "metrics": record,
+                        "format": "cmdm-checkpoint", "version": CHECKPOINT_VERSION})
+    atomic_write_bytes(files.best, data)
+    atomic_write_text(files.best_json, best_json_text(record, hashlib.sha256(data).hexdigest()))
+
+
+def best_json_text(record: dict, checkpoint_sha256: str) -> str:
+    return json.dumps({**record, "checkpoint_sha256": checkpoint_sha256}, indent=2) + "\n"
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_best(checkpoints_dir) -> dict | None:
+    """The record of checkpoints_dir/model_best.pt, or None when there is no readable model_best.pt.
+
+    best_metrics.json is used when its `checkpoint_sha256` is the hash of the model_best.pt beside it;
+    otherwise (a crash between the two writes, a json of an older best, a missing or broken json) the
+    record embedded in model_best.pt is returned. The result carries the `checkpoint_sha256` it was
+    checked against, so a copy of the pair can be checked again."""
+    from cmdm.model.checkpoint import CheckpointError, read_checkpoint
+    best, best_json = Path(checkpoints_dir) / "model_best.pt", Path(checkpoints_dir) / "best_metrics.json"
+    if not best.is_file():
+        return None
+    sha = file_sha256(best)
+    try:
+        on_disk = json.loads(best_json.read_text())
+    except (OSError, ValueError):
+        on_disk = None
+    if isinstance(on_disk, dict) and on_disk.get("checkpoint_sha256") == sha:
+        return on_disk
+    try:
+        obj = read_checkpoint(best)
+    except CheckpointError:
+        return None
+    record = obj.get("metrics") if isinstance(obj, dict) else None
+    return {**record, "checkpoint_sha256": sha} if isinstance(record, dict) else None
 
 
 def reconcile_best(files: RunFiles) -> dict | None:
-    """The best record as model_best.pt holds it; rewrites best_metrics.json when it disagrees."""
-    if not files.best.is_file():
+    """The best record as model_best.pt holds it; rewrites best_metrics.json when it does not match the .pt."""
+    record = read_best(files.checkpoints)
+    if record is None:
         return None
-    record = torch.load(files.best, map_location="cpu", weights_only=True)["metrics"]
     try:
         on_disk = json.loads(files.best_json.read_text())
     except (OSError, ValueError):
         on_disk = None
     if on_disk != record:
         atomic_write_text(files.best_json, json.dumps(record, indent=2) + "\n")
-    return record
+    return {k: v for k, v in record.items() if k != "checkpoint_sha256"}
 
 
 def make_logger(path: Path | None) -> logging.Logger:
@@ -534,22 +575,67 @@ def absolute_paths(cfg: Config) -> Config:
     }, source="resolved paths")
 
 
+class RunError(Exception):
+    """A run that must not start (its folder's last.pt, its --resume-from weights): one paragraph, the fix."""
+
+
 def check_rerun(cfg: Config, files: RunFiles) -> list[str]:
-    """A rerun under the same name resumes its last.pt: refuse when the model differs (the weights would
-    not fit), and return the other keys that changed so the caller can say so."""
+    """A rerun under the same name resumes its last.pt: refuse when it cannot be read or the model differs
+    (the weights would not fit), and return the other keys that changed so the caller can say so."""
+    from cmdm.model.checkpoint import CheckpointError, read_checkpoint
     if not files.last.is_file():
         return []
-    old = torch.load(files.last, map_location="cpu", weights_only=True).get("config", {})
+    try:
+        state = read_checkpoint(files.last)
+        if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or "step" not in state:
+            raise CheckpointError(f"checkpoint {str(files.last)!r} is not a last.pt of this trainer "
+                                  "(no 'model' and 'step' entries)")
+    except CheckpointError as err:
+        raise RunError(
+            f"{err} A run with the same name resumes from {files.last}, and this one cannot be read, so nothing "
+            f"was started and the file was left as it is. Move it aside (or delete it yourself) to start "
+            f"{files.root} over, or pass another --name to keep this run as it is.") from None
+    old = state.get("config") if isinstance(state.get("config"), dict) else {}
     new = config_to_dict(cfg)
     changed = sorted(f"{sec}.{k}" for sec in new if isinstance(new[sec], dict)
-                     for k in new[sec] if old.get(sec, {}).get(k) != new[sec][k])
+                     for k in new[sec] if (old.get(sec) or {}).get(k) != new[sec][k])
     model_changed = [k for k in changed if k.startswith(("model.", "diffusion."))]
     if model_changed:
-        raise SystemExit(
-            f"error: {files.last} was trained with another model ({', '.join(model_changed)} differ). A run "
+        raise RunError(
+            f"{files.last} was trained with another model ({', '.join(model_changed)} differ). A run "
             f"with the same name resumes its last checkpoint: choose another --name, or delete {files.root} "
             "to start over.")
     return changed
+
+
+def check_init_from(cfg: Config, init_from: str | None, partial: bool) -> None:
+    """--resume-from must be a file of weights that fit this config's model (all of them, or with --partial
+    at least one key): checked in the driver before any data is prepared or any worker starts."""
+    from cmdm.model import build_model
+    from cmdm.model.checkpoint import CheckpointError, check_weights, extract_state_dict, read_checkpoint
+    if init_from is None:
+        if partial:
+            raise RunError("--partial only changes how --resume-from weights load: give --resume-from "
+                           "CHECKPOINT with it, or leave --partial out.")
+        return
+
+    def refuse(err, fix=""):
+        detail = " ".join(str(err).replace("Pass partial=True", "Pass --partial").split()).rstrip(".")
+        return RunError(f"--resume-from {init_from}: {detail}.{fix} Give a model_best.pt / last.pt of this model "
+                        "(or afford-motion's weights of the same architecture).")
+
+    try:
+        state = extract_state_dict(read_checkpoint(init_from), init_from)
+    except CheckpointError as err:
+        raise refuse(err) from None
+    builtin = cfg.model.text_model.name.lower() == "all-minilm-l6-v2"
+    model = build_model(cfg, load_text_encoder=not builtin)   # the built-in text model's width is known
+    try:
+        check_weights(model, state, strict=not partial, partial=partial)
+    except CheckpointError as err:
+        hint = not partial and "No key matched" not in str(err)
+        raise refuse(err, " With --partial only the keys whose names and shapes match load." if hint else "") \
+            from None
 
 
 def start_ray(address: str, num_cpus: int | None = None):
@@ -663,6 +749,7 @@ def run_training(cfg: Config, *, init_from: str | None = None, partial: bool = F
     cfg = absolute_paths(cfg)
     files = RunFiles(cfg.run_dir)
     changed = check_rerun(cfg, files)
+    check_init_from(cfg, init_from, partial)
     if changed:
         print(f"Resuming {files.root} with changed settings: {', '.join(changed)}")
     prepare(cfg)

@@ -1,4 +1,5 @@
 """The recipe's pieces in isolation: lr schedule, EMA, best tracking / early stopping, atomic best pair."""
+import hashlib
 import json
 
 import pytest
@@ -70,13 +71,14 @@ def test_best_pair_is_written_together_and_repaired(tmp_path):
     files = RunFiles(tmp_path)
     record = {"fid": 0.5, "top1": 0.3, "step": 100, "epoch": 2, "best_metric": "fid", "config_hash": "abc"}
     save_best(files, {"w": torch.ones(2)}, record, cfg)
-    assert json.loads(files.best_json.read_text()) == record
+    on_disk = json.loads(files.best_json.read_text())
+    assert on_disk == {**record, "checkpoint_sha256": hashlib.sha256(files.best.read_bytes()).hexdigest()}
     saved = torch.load(files.best, weights_only=True)
     assert saved["metrics"] == record and torch.equal(saved["model"]["w"], torch.ones(2))
     assert not [p for p in files.checkpoints.iterdir() if p.name.startswith(".")]  # no temp file left
     # A crash between the two renames leaves a stale json: the .pt is the truth and the json is repaired.
     files.best_json.write_text(json.dumps({**record, "fid": 9.0}))
     assert reconcile_best(files) == record
-    assert json.loads(files.best_json.read_text()) == record
+    assert json.loads(files.best_json.read_text()) == on_disk
     files.best_json.unlink()
     assert reconcile_best(files) == record and files.best_json.is_file()

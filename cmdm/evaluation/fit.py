@@ -450,24 +450,49 @@ def format_table(table: dict) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Fit a text-motion evaluator (Guo et al. 2022 style) on a HumanML3D-layout dataset.")
+    from cmdm.cli import number, positive
+    from cmdm.data.humanml3d import DataError
+    p = argparse.ArgumentParser(prog="python -m cmdm.evaluation.fit",
+                                description="Fit a text-motion evaluator (Guo et al. 2022 style) on a HumanML3D-layout dataset.")
     p.add_argument("--data", required=True, help="dataset folder in the HumanML3D layout (train/val/test.txt)")
     p.add_argument("--out", required=True, help="folder for evaluator.pt")
     d = FitConfig()
-    p.add_argument("--epochs", type=int, default=d.epochs, help="matching epochs")
-    p.add_argument("--ae-epochs", type=int, default=d.ae_epochs, help="movement autoencoder epochs (0 = skip)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--epochs", type=number(int, 1), default=d.epochs, help="matching epochs")
+    p.add_argument("--ae-epochs", type=number(int, 0), default=d.ae_epochs, help="movement autoencoder epochs (0 = skip)")
+    p.add_argument("--batch-size", type=number(int, 2), default=d.batch_size,
+                   help="clips per batch (>= 2: the other clips of a batch are the negatives)")
+    p.add_argument("--lr", type=positive(float), default=d.lr)
     p.add_argument("--negatives", choices=("shift", "all"), default=d.negatives,
                    help="shift: one shifted batch (the reference); all: every other clip of the batch")
-    p.add_argument("--threads", type=int, default=d.threads,
+    p.add_argument("--threads", type=number(int, 0), default=d.threads,
                    help="torch CPU threads (0 = torch's default; 1 is faster on a CPU shared with other jobs)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
+    data, out = Path(a.data), Path(a.out)
+    problem = None
+    if not data.is_dir():
+        problem = (f"--data {data} is not a folder; give a dataset folder in the HumanML3D layout (train.txt, "
+                   "val.txt, test.txt, new_joint_vecs/, texts/, Mean.npy, Std.npy), e.g. data/synthetic.")
+    elif out.exists() and not out.is_dir():
+        problem = f"--out {out} is a file; give a folder for evaluator.pt."
+    elif not out.parent.is_dir():
+        problem = (f"--out {out}: its folder {out.parent} does not exist (only the last folder is created); "
+                   "create it first, or give a folder inside an existing one.")
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     cfg = FitConfig(epochs=a.epochs, ae_epochs=a.ae_epochs, batch_size=a.batch_size, lr=a.lr,
                     negatives=a.negatives, threads=a.threads, seed=a.seed)
-    path = fit(a.data, a.out, cfg, progress=not a.quiet)
+    try:
+        path = fit(a.data, a.out, cfg, progress=not a.quiet)
+    except DataError as err:
+        print(f"error: --data {data}: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except ValueError as err:   # e.g. fewer clips than one batch
+        print(f"error: --data {data}: {' '.join(str(err).split())} (is the dataset smaller than one batch? give "
+              f"more clips or a smaller --batch-size than {a.batch_size})", file=sys.stderr)
+        return 2
     table = read_checkpoint(path)["metrics"]
     print(format_table(table))
     print(json.dumps(table))

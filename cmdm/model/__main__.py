@@ -36,7 +36,7 @@ def count_flops(fn) -> int:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config")
-    ap.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    ap.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides")
     ap.add_argument("--no-text-encoder", action="store_true",
                     help="skip loading the text encoder (built-in model only)")
     args = ap.parse_args(argv)

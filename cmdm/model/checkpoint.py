@@ -25,9 +25,7 @@ Files are read with `torch.load(weights_only=True)`: tensors and plain container
 """
 
 import os
-import pickle
 import warnings
-import zipfile
 from dataclasses import dataclass, field
 
 import torch
@@ -75,9 +73,12 @@ def read_checkpoint(path) -> object:
         with warnings.catch_warnings():  # plain pickles draw a protocol warning before failing below
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError,
-            UnicodeDecodeError, AttributeError, TypeError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001: a file that is not weights fails in the unpickler in many ways
+        # (UnpicklingError, BadZipFile, EOFError, KeyError on a memo index, ...): all mean "not weights"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first.split(". ")[0].rstrip(".")[:160]   # torch's long advice (weights_only=False) is not ours
         raise CheckpointError(
             f"checkpoint {path!r} cannot be read as PyTorch weights ({type(exc).__name__}: {first}). "
             f"Is it a truncated download or a different kind of file? Only tensors and plain "
@@ -127,6 +128,20 @@ def load_model_weights(model: torch.nn.Module, path_or_state, strict: bool = Tru
 
     The report's counts are printed in partial mode (or when verbose=True).
     """
+    report, to_load = _match_weights(model, path_or_state, strict, partial)
+    getattr(model, "module", model).load_state_dict(to_load, strict=False)
+    if verbose or (verbose is None and partial):
+        print(report.summary())
+    return report
+
+
+def check_weights(model: torch.nn.Module, path_or_state, strict: bool = True, partial: bool = False) -> LoadReport:
+    """What `load_model_weights` would report, or the CheckpointError it would raise, without loading:
+    for CLIs that check --resume-from before they prepare data or start workers."""
+    return _match_weights(model, path_or_state, strict, partial)[0]
+
+
+def _match_weights(model, path_or_state, strict, partial):
     if isinstance(path_or_state, (str, os.PathLike)):
         source = os.fspath(path_or_state)
         obj = read_checkpoint(source)
@@ -162,10 +177,7 @@ def load_model_weights(model: torch.nn.Module, path_or_state, strict: bool = Tru
     if not to_load:
         raise CheckpointError(f"{source}: no key of the checkpoint fits this model\n{report.details()}")
 
-    model.load_state_dict(to_load, strict=False)
-    if verbose or (verbose is None and partial):
-        print(report.summary())
-    return report
+    return report, to_load
 
 
 def dit_settings(state: dict) -> dict | None:
