@@ -36,22 +36,8 @@ def main(argv=None) -> int:
 
     from cmdm.data.humanml3d import DataError
     from cmdm.evaluation.networks import CheckpointError as EvaluatorFilesError
-    from cmdm.model.checkpoint import CheckpointError, dit_settings_mismatch, extract_state_dict, read_checkpoint
     from cmdm.model.text import TextModelError
     from cmdm.train import RunError, run_training
-    if args.resume_from:
-        try:
-            state = extract_state_dict(read_checkpoint(args.resume_from), args.resume_from)
-            need = [] if args.partial else dit_settings_mismatch(state, cfg.model)
-        except CheckpointError as err:
-            print(f"error: --resume-from {args.resume_from}: {err}", file=sys.stderr)
-            return 2
-        if need:
-            print(f"error: --resume-from {args.resume_from}: this DiT checkpoint (the guide's fork's layout) was "
-                  f"built with other model settings than {args.config} gives; it needs {' '.join(need)}. "
-                  f"Fix: add these overrides to the command, or pass --partial to load only the keys that "
-                  f"match.", file=sys.stderr)
-            return 2
     try:   # the rerun's last.pt and --resume-from are checked first, before data preparation and Ray
         metrics = run_training(cfg, init_from=args.resume_from, partial=args.partial)
     except (RunError, DataError, TextModelError) as err:

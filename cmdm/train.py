@@ -612,7 +612,8 @@ def check_init_from(cfg: Config, init_from: str | None, partial: bool) -> None:
     """--resume-from must be a file of weights that fit this config's model (all of them, or with --partial
     at least one key): checked in the driver before any data is prepared or any worker starts."""
     from cmdm.model import build_model
-    from cmdm.model.checkpoint import CheckpointError, check_weights, extract_state_dict, read_checkpoint
+    from cmdm.model.checkpoint import (CheckpointError, check_weights, dit_settings_mismatch, extract_state_dict,
+                                       read_checkpoint)
     if init_from is None:
         if partial:
             raise RunError("--partial only changes how --resume-from weights load: give --resume-from "
@@ -626,8 +627,13 @@ def check_init_from(cfg: Config, init_from: str | None, partial: bool) -> None:
 
     try:
         state = extract_state_dict(read_checkpoint(init_from), init_from)
+        need = [] if partial else dit_settings_mismatch(state, cfg.model)
     except CheckpointError as err:
         raise refuse(err) from None
+    if need:   # say which settings a DiT checkpoint (the guide's fork's layout) was built with
+        raise RunError(f"--resume-from {init_from}: this DiT checkpoint was built with other model settings than "
+                       f"the config gives; it needs {' '.join(need)}. Fix: add these overrides to the command, "
+                       "or pass --partial to load only the keys that match.")
     builtin = cfg.model.text_model.name.lower() == "all-minilm-l6-v2"
     model = build_model(cfg, load_text_encoder=not builtin)   # the built-in text model's width is known
     try:
