@@ -28,7 +28,7 @@ def main(argv=None) -> int:
 
     from cmdm.config import load_config_or_exit
     overrides = list(args.overrides)
-    if args.name:
+    if args.name is not None:                    # --name "" is refused by the config's check, not ignored
         overrides.append(f"name={args.name}")
     if args.address:
         overrides.append(f"ray.address={args.address}")
