@@ -39,8 +39,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from cmdm.atomic import atomic_torch_save, atomic_write_text
 from cmdm.config import Config, config_from_dict, config_hash, config_to_dict, save_config
 from cmdm.data.humanml3d import collate, dataset_from_config
+from cmdm.evaluation.metrics import LOWER_IS_BETTER   # which way each metric is better
 
-LOWER_IS_BETTER = {"fid": True, "top1": False, "top2": False, "top3": False}
 CHECKPOINT_VERSION = 1
 
 
