@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     from cmdm.data.humanml3d import DataError
     from cmdm.evaluation.networks import CheckpointError as EvaluatorFilesError
     from cmdm.model.checkpoint import CheckpointError, read_checkpoint
+    from cmdm.resources import ResourceError
     from cmdm.train import run_training
     if args.resume_from:
         try:
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
             return 2
     try:
         metrics = run_training(cfg, init_from=args.resume_from, partial=args.partial)
-    except DataError as err:
+    except (DataError, ResourceError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except EvaluatorFilesError as err:

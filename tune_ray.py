@@ -53,9 +53,13 @@ def main(argv=None) -> int:
 
     from cmdm.data.humanml3d import DataError
     from cmdm.evaluation.networks import CheckpointError
+    from cmdm.resources import ResourceError
     from cmdm.tune import run_sweep
     try:
         summary = run_sweep(sweep, address=args.address, resume=args.resume)
+    except ResourceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except (DataError, CheckpointError) as err:
         print(f"error: {err} In a sweep, paths of the training config are set with base.<key>=... (e.g. "
               "base.data.root=/data/HumanML3D) or under `overrides:` in the sweep file. To try sweeps without "

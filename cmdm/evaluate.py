@@ -161,11 +161,12 @@ def main(argv=None) -> int:
     from cmdm.data.humanml3d import DataError, dataset_from_config
     from cmdm.evaluation.evaluator import load_evaluator
     from cmdm.evaluation.metrics import replications_summary
+    from cmdm.config import ConfigError
     from cmdm.model.checkpoint import CheckpointError
     try:
         cfg, model, diffusion = load_for_evaluation(args.checkpoint, args.config, args.overrides, args.device)
         evaluator = load_evaluator(cfg, device=args.device)
-    except (DataError, CheckpointError, FileNotFoundError, ValueError) as err:
+    except (DataError, CheckpointError, ConfigError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     ev = cfg.evaluation

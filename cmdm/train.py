@@ -648,9 +648,18 @@ def make_trainer(cfg: Config, files: RunFiles, *, init_from: str | None = None, 
     )
 
 
+def _ray_up() -> bool:
+    import ray
+    return ray.is_initialized()
+
+
 def run_training(cfg: Config, *, init_from: str | None = None, partial: bool = False) -> dict:
     """Run one training to its end; returns the final metrics (with 'stop_reason') and the run folder."""
+    from cmdm.resources import check_fits, cluster_offer, local_offer
     cfg = absolute_paths(cfg)
+    where = "the config (ray.* keys)"
+    if not cfg.ray.address and not _ray_up():      # before data and evaluator: a local Ray gets this machine
+        check_fits(cfg.ray, local_offer(), where=where, prefix="ray.", what="this machine (a local Ray)")
     files = RunFiles(cfg.run_dir)
     changed = check_rerun(cfg, files)
     if changed:
@@ -659,6 +668,7 @@ def run_training(cfg: Config, *, init_from: str | None = None, partial: bool = F
     save_config(cfg, files.config)
 
     url = start_ray(cfg.ray.address, num_cpus=None)
+    check_fits(cfg.ray, cluster_offer(), where=where, prefix="ray.", what="the Ray cluster")
     if url:
         print(f"Ray dashboard: {url}")
     print(f"Run folder: {files.root}  (TensorBoard: tensorboard --logdir {files.logs} --host 127.0.0.1)")
