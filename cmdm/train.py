@@ -568,17 +568,23 @@ def start_ray(address: str, num_cpus: int | None = None):
     return f"http://{url}" if url and not url.startswith("http") else url
 
 
+def check_data_root(cfg: Config) -> None:
+    """The instant part of `prepare`: a missing HumanML3D folder is said before anything else is checked."""
+    from cmdm.data.humanml3d import DataError
+    if cfg.data.name != "synthetic" and not Path(cfg.data.root).is_dir():
+        raise DataError(f"HumanML3D folder {cfg.data.root} (data.root) does not exist. Get HumanML3D from "
+                        "https://github.com/EricGuo5513/HumanML3D and put it there (or set data.root=...), "
+                        "or try the embedded dataset: python train_ray.py configs/demo.yaml")
+
+
 def prepare(cfg: Config, log=print) -> None:
     """Make sure the data and the evaluator exist before any worker starts (once, in the driver)."""
     from cmdm.data.humanml3d import DataError
     from cmdm.evaluation.evaluator import load_evaluator
+    check_data_root(cfg)
     if cfg.data.name == "synthetic":
         from cmdm.data.synthetic import ensure_dataset
         ensure_dataset(cfg.data.root, num_clips=cfg.data.synthetic_num_clips, seed=cfg.data.synthetic_seed)
-    elif not Path(cfg.data.root).is_dir():
-        raise DataError(f"HumanML3D folder {cfg.data.root} (data.root) does not exist. Get HumanML3D from "
-                        "https://github.com/EricGuo5513/HumanML3D and put it there (or set data.root=...), "
-                        "or try the embedded dataset: python train_ray.py configs/demo.yaml")
     test_set = dataset_from_config(cfg.data, "test", train=False, progress=False)
     if len(test_set) < cfg.evaluation.batch_size:
         raise DataError(f"{Path(cfg.data.root) / 'test.txt'} yields {len(test_set)} test clips, fewer than one "
@@ -658,6 +664,7 @@ def run_training(cfg: Config, *, init_from: str | None = None, partial: bool = F
     from cmdm.resources import check_fits, cluster_offer, local_offer
     cfg = absolute_paths(cfg)
     where = "the config (ray.* keys)"
+    check_data_root(cfg)
     if not cfg.ray.address and not _ray_up():      # before data and evaluator: a local Ray gets this machine
         check_fits(cfg.ray, local_offer(), where=where, prefix="ray.", what="this machine (a local Ray)")
     files = RunFiles(cfg.run_dir)

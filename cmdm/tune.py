@@ -342,6 +342,8 @@ def run_sweep(sweep: Sweep, *, address: str = "", resume: bool = False, strategy
         raise SystemExit(f"error: the sweep folder {d} already holds a sweep. Resume it with --resume, or set another "
                          f"`name:` in {sweep.path} (or delete {d}) to start a new one.")
     from cmdm.resources import check_fits, cluster_offer, local_offer
+    from cmdm.train import check_data_root
+    check_data_root(absolute_paths(sweep.base_config))
     where = f"{sweep.path} (resources)"
     if not address and not ray.is_initialized():   # a local Ray gets this machine: refuse before data and evaluator
         check_fits(sweep.base_config.ray, local_offer(), where=where, prefix="resources.",
