@@ -28,7 +28,7 @@ def main(argv=None) -> int:
 
     from cmdm.config import load_config_or_exit
     overrides = list(args.overrides)
-    if args.name:
+    if args.name is not None:                    # --name "" is refused by the config's check, not ignored
         overrides.append(f"name={args.name}")
     if args.address:
         overrides.append(f"ray.address={args.address}")
@@ -37,10 +37,11 @@ def main(argv=None) -> int:
     from cmdm.data.humanml3d import DataError
     from cmdm.evaluation.networks import CheckpointError as EvaluatorFilesError
     from cmdm.model.text import TextModelError
+    from cmdm.resources import ResourceError
     from cmdm.train import RunError, run_training
     try:   # the rerun's last.pt and --resume-from are checked first, before data preparation and Ray
         metrics = run_training(cfg, init_from=args.resume_from, partial=args.partial)
-    except (RunError, DataError, TextModelError) as err:
+    except (RunError, DataError, TextModelError, ResourceError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except EvaluatorFilesError as err:

@@ -62,11 +62,15 @@ def main(argv=None) -> int:
     from cmdm.data.humanml3d import DataError
     from cmdm.evaluation.networks import CheckpointError
     from cmdm.model.text import TextModelError
+    from cmdm.resources import ResourceError
     from cmdm.tune import run_sweep
     try:
         summary = run_sweep(sweep, address=args.address, resume=args.resume)
     except TextModelError as err:
         print(f"error: {err} (in a sweep: base.model.text_model.name=DIR)", file=sys.stderr)
+        return 2
+    except ResourceError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     except (DataError, CheckpointError) as err:
         print(f"error: {err} In a sweep, paths of the training config are set with base.<key>=... (e.g. "

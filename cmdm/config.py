@@ -232,15 +232,65 @@ def _type_name(typ) -> str:
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[typ]
 
 
+SHOW_CHARS = 80    # the longest value an error message prints
+SHOW_DEPTH = 3     # the deepest nesting of a list or mapping it prints
+
+
+def _brief(value, limit: int = SHOW_CHARS, depth: int = SHOW_DEPTH) -> str:
+    """repr(value) cut to `limit` characters and `depth` levels, written piece by piece and stopped as soon as
+    the limit is reached: a few hundred bytes of YAML aliases (or a pickle of shared lists) make values whose
+    whole repr is gigabytes, so it is never built."""
+    out, size = [], 0
+
+    def put(text: str) -> bool:
+        nonlocal size
+        out.append(text[:limit + 1 - size])
+        size += len(text)
+        return size <= limit
+
+    def walk(v, level: int) -> bool:
+        if isinstance(v, (list, tuple, dict)):
+            opening, closing = "{}" if isinstance(v, dict) else "()" if isinstance(v, tuple) else "[]"
+            if level >= depth:
+                return put(f"{opening}...{closing}" if len(v) else opening + closing)
+            if not put(opening):
+                return False
+            for i, item in enumerate(v.items() if isinstance(v, dict) else v):
+                if i and not put(", "):
+                    return False
+                if isinstance(v, dict):
+                    if not (walk(item[0], level + 1) and put(": ") and walk(item[1], level + 1)):
+                        return False
+                elif not walk(item, level + 1):
+                    return False
+            return put(closing)
+        if isinstance(v, str):
+            return put(repr(v[:limit + 1]))
+        if isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > 128:
+            return put(f"<an integer of {v.bit_length()} bits>")   # repr of a huge int is slow, or refused
+        if v is None or isinstance(v, (bool, int, float)):
+            return put(repr(v))
+        return put(f"<{type(v).__name__}>")
+
+    if walk(value, 0):
+        return "".join(out)
+    return "".join(out)[:limit] + "..."
+
+
+def _cut(text: str, limit: int = 2 * SHOW_CHARS) -> str:
+    """A text from the user (a key, a parser's message) cut for an error message."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _show(value) -> str:
-    """A value as the user wrote it, with its YAML type: `'abc' (string)`."""
+    """A value as the user wrote it, with its YAML type: `'abc' (string)`; cut to a few dozen characters."""
     if value is None:
         return "null (empty)"
     if isinstance(value, bool):
         return f"{str(value).lower()} (boolean)"
     kind = {int: "integer", float: "number", str: "string",
             list: "list", dict: "mapping"}.get(type(value), type(value).__name__)
-    return f"{value!r} ({kind})"
+    return f"{_brief(value)} ({kind})"
 
 
 def _example(key: str) -> str:
@@ -265,6 +315,7 @@ def _unknown_key(key: str, source: str) -> ConfigError:
             return ConfigError(
                 f"{source}: {parent} is a value ({_type_name(typ)}), not a section, so {key} does not "
                 f"exist. Fix: set it directly, e.g. {_example(parent)}.")
+    key = _cut(key)
     guess = difflib.get_close_matches(key, list(_SCHEMA), n=1, cutoff=0.6)
     if not guess:  # match the leaf name alone, e.g. `lr_schedulr` -> training.lr_scheduler
         by_leaf = {}
@@ -299,13 +350,13 @@ def _coerce(key: str, value, source: str, raw: str | None = None):
 
     if isinstance(value, dict):
         raise ConfigError(f"{source}: {key} is a value ({_type_name(typ)}), not a section, so it cannot "
-                          f"take the keys {', '.join(map(str, value))}. Fix: set it directly, "
+                          f"take the keys {_brief(list(value))[1:-1]}. Fix: set it directly, "
                           f"e.g. {_example(key)}.")
     if typing.get_origin(typ) is Literal:
         choices = typing.get_args(typ)
         if isinstance(value, str) and value in choices:
             return value
-        near = difflib.get_close_matches(str(value), choices, n=1)
+        near = difflib.get_close_matches(_cut(value), choices, n=1) if isinstance(value, str) else []
         raise ConfigError(f"{source}: {key} must be {_type_name(typ)}, got {_show(value)}"
                           + (f"; did you mean {near[0]!r}?" if near else ".")
                           + f" Fix: pick one of the choices, e.g. {key}={choices[0]}.")
@@ -367,7 +418,7 @@ def _set(tree: dict, key: str, value, source: str, origin: dict, raw: str | None
                               f"one by one ({_sections_keys(key)}), e.g. {_example(_first_leaf(key))}.")
         for sub, v in value.items():
             if not isinstance(sub, str):
-                raise ConfigError(f"{source}: key {sub!r} under {key or 'the top level'} is not a name. "
+                raise ConfigError(f"{source}: key {_brief(sub)} under {key or 'the top level'} is not a name. "
                                   f"Fix: use one of {_sections_keys(key)}.")
             _set(tree, f"{key}.{sub}" if key else sub, v, source, origin)
         return
@@ -411,12 +462,37 @@ def _check_ranges(tree: dict, origin: dict):
                                   f"e.g. {_example(key)}.")
 
 
+def folder_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a run (or sweep) folder inside its output_root, or None when it can.
+
+    The folder is <output_root>/<name>: an absolute name or a `..` would put it (and what the run writes or
+    resumes) somewhere else, and an empty one would be output_root itself. Sub-folders (`ablation/lr`) stay
+    inside and are allowed."""
+    if not name.strip():
+        return "is empty, so the run folder would be output_root itself"
+    if "\0" in name or any(ord(c) < 32 for c in name):
+        return "contains a control character"
+    if os.path.isabs(name):
+        return "is an absolute path, so the folder would escape output_root"
+    parts = name.replace("\\", "/").split("/")
+    if ".." in parts:
+        return "contains `..`, so the folder would escape output_root"
+    if "" in parts or "." in parts:
+        return "has an empty or `.` path component"
+    return None
+
+
 def _check_cross_fields(cfg: Config, origin: dict):
     """Rules that tie two fields together; each names both keys and where they were set."""
     def fail(keys, problem, fix):
         where = " and ".join(dict.fromkeys(origin[k] for k in keys if k in origin)) or "defaults"
         raise ConfigError(f"{where}: {problem}. Fix: {fix}.")
 
+    problem = folder_name_problem(cfg.name)
+    if problem:
+        fail(["name"], f"name = {_show(cfg.name)} {problem} (the run folder is <output_root>/<name>, "
+             f"output_root = {_cut(cfg.output_root)!r})", "give a plain folder name, e.g. name=CMDM-Stable or "
+             "--name CMDM-Stable; to write somewhere else, set output_root=/that/folder")
     m, d, e = cfg.model, cfg.data, cfg.evaluation
     if not m.num_layers or sum(m.num_layers) == 0:
         fail(["model.num_layers"], f"model.num_layers = {m.num_layers} gives no layers at all",
@@ -508,8 +584,8 @@ def _parse_value(raw: str):
     if raw == "":
         return ""
     try:
-        return _unquote(yaml.safe_load(raw))
-    except yaml.YAMLError:  # e.g. `[1,1` : keep the text, the type check will say what is wrong
+        return _unquote(yaml.load(raw, Loader=_Loader))
+    except (yaml.YAMLError, ValueError):  # e.g. `[1,1` : keep the text, the type check will say what is wrong
         return raw
 
 
@@ -525,8 +601,46 @@ class _DuplicateKeyError(yaml.constructor.ConstructorError):
     pass
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (PyYAML would silently keep the last one)."""
+class _TooBigError(yaml.composer.ComposerError):
+    pass
+
+
+MAX_YAML_BYTES = 1 << 20     # a config or sweep file is a few KB
+MAX_YAML_DEPTH = 32          # mappings and lists nested this deep at most (ours: 4)
+MAX_YAML_VALUES = 10_000     # values in a file once every alias (*name) is expanded (ours: ~100)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (PyYAML would silently keep the last one), nesting deeper than
+    MAX_YAML_DEPTH (PyYAML's composer recurses, so a few hundred `[` would end in a RecursionError) and more than
+    MAX_YAML_VALUES values with aliases expanded (a "billion laughs" file of a few hundred bytes whose value,
+    walked or printed, is gigabytes). Sizes are counted as nodes are composed, one sum per node."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth, self._sizes = 0, {}
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _TooBigError(None, None, f"mappings or lists nested more than {MAX_YAML_DEPTH} levels deep",
+                                   self.peek_event().start_mark)
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if id(node) not in self._sizes:           # an alias returns a node already counted: reuse its size
+            if isinstance(node, yaml.SequenceNode):
+                size = 1 + sum(self._sizes[id(child)][1] for child in node.value)
+            elif isinstance(node, yaml.MappingNode):
+                size = 1 + sum(self._sizes[id(k)][1] + self._sizes[id(v)][1] for k, v in node.value)
+            else:
+                size = 1
+            self._sizes[id(node)] = (node, size)
+        if self._sizes[id(node)][1] > MAX_YAML_VALUES:
+            raise _TooBigError(None, None, f"more than {MAX_YAML_VALUES} values once its aliases (*name) are "
+                               "expanded (nested aliases multiply)", node.start_mark)
+        return node
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -534,7 +648,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, Hashable) and key in seen:
                 raise _DuplicateKeyError(
-                    None, None, f"duplicate key {key!r} (the first would be silently lost)",
+                    None, None, f"duplicate key {_brief(key)} (the first would be silently lost)",
                     key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
@@ -543,22 +657,35 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _read_yaml(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as fh:
-            data = yaml.load(fh, Loader=_UniqueKeyLoader)
+            text = fh.read(MAX_YAML_BYTES + 1)
+        if len(text) > MAX_YAML_BYTES:
+            raise ConfigError(f"{path}: the file is over {MAX_YAML_BYTES // 1024} KB, far larger than any config "
+                              "or sweep file (a few KB). Fix: pass the YAML config itself, e.g. configs/stable.yaml.")
+        data = yaml.load(text, Loader=_Loader)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found (looked in {os.path.abspath(path)}). "
                           f"Fix: pass an existing YAML file, e.g. configs/stable.yaml.") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file ({exc.strerror}). "
                           f"Fix: pass a readable YAML file, e.g. configs/stable.yaml.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (it is not UTF-8). "
+                          f"Fix: pass a YAML file, e.g. configs/stable.yaml.") from None
+    except ValueError as exc:   # e.g. an integer of more than 4300 digits (Python refuses to convert it)
+        raise ConfigError(f"{path}: a value cannot be read ({_cut(str(exc))}). "
+                          f"Fix: write numbers of a sensible size, as in configs/stable.yaml.") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         context = f" ({exc.context})" if getattr(exc, "context", None) else ""
         fix = ("merge the two entries into one" if isinstance(exc, _DuplicateKeyError) else
+               "write the values out plainly: a config needs a few levels of `key: value` and no nested aliases "
+               "(&name / *name)" if isinstance(exc, _TooBigError) else
                "check that line and the one above it (indentation, a missing ':' or an unclosed quote or "
                "bracket are the usual causes)")
-        raise ConfigError(f"{path}{at}: YAML syntax error: {what}{context}. Fix: {fix}.") from None
+        label = "YAML file refused" if isinstance(exc, _TooBigError) else "YAML syntax error"
+        raise ConfigError(f"{path}{at}: {label}: {_cut(what)}{_cut(context)}. Fix: {fix}.") from None
     if data is None:  # an empty file sets nothing
         return {}
     if not isinstance(data, dict):

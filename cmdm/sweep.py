@@ -24,11 +24,15 @@
 
 `load_sweep(path, overrides)` returns a `Sweep` or raises `SweepError` with one paragraph naming the file,
 the key and the fix. Every trial config (base + overrides + a sampled point) is validated by
-`cmdm.config` before the sweep starts, at the corners of the space.
+`cmdm.config` before the sweep starts, at every value a trial can draw: each value of an `int` range (evenly
+spaced ones when it has more than MAX_CHECKED_INTS) and of a `choice`, the ends and quantiles of a continuous
+range, and each pair of values of two discrete keys (e.g. num_heads with latent_dim).
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import itertools
 import math
 import operator
 from dataclasses import dataclass, field
@@ -36,9 +40,17 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 
-from cmdm.config import Config, ConfigError, _read_yaml, load_config, parse_override, update_config
+from cmdm.config import (Config, ConfigError, _brief, _cut, _read_yaml, folder_name_problem, load_config,
+                         parse_override, update_config)
+from cmdm.evaluation.metrics import LOWER_IS_BETTER
 
-METRICS = ("fid", "top1", "top2", "top3", "mm_dist", "loss")
+METRICS = tuple(LOWER_IS_BETTER)
+MAX_CHECKED_INTS = 256     # an int range up to this many values is checked value by value
+MAX_CHOICES = 1000         # a longer choice list is refused (every choice is checked)
+MAX_PAIRED = 16            # values per key when pairs of discrete keys are checked together
+QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)   # points checked in a continuous range
+RESOURCE_KEYS = ("ray.num_workers", "ray.cpus_per_worker", "ray.use_gpu", "ray.gpus_per_worker")
+SET_PER_TRIAL = {"name": "each trial is named by its trial id", "output_root": "trials live in <sweep folder>/trials"}
 KINDS = ("loguniform", "uniform", "int", "choice")
 COMPARATORS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
 
@@ -169,30 +181,108 @@ class Sweep:
         return bool(self.targets) and all(t.met(metrics) for t in self.targets)
 
 
-TOP_KEYS = {f.name for f in dataclasses.fields(Sweep)} - {"path", "base_config", "space", "targets", "resources",
-                                                          "scheduler", "output_root"} | {
-    "space", "targets", "resources", "scheduler"}
+TOP_KEYS = ({f.name for f in dataclasses.fields(Sweep)} - {"path", "base_config", "doctor_rules"}) | {"overrides"}
 
 
 def _err(path, key, what, fix) -> SweepError:
     return SweepError(f"{path}: `{key}` {what}. {fix}")
 
 
+def _unknown(path, key, name, known, what="is not a known key") -> SweepError:
+    """An unknown key `name` where `known` are allowed: the nearest known one, and the list."""
+    near = difflib.get_close_matches(_cut(str(name)), sorted(known), n=1, cutoff=0.6)
+    hint = f"Did you mean `{near[0]}`? " if near else ""
+    return _err(path, key, what, f"{hint}Fix the key name; known keys: {', '.join(sorted(known))}.")
+
+
+def check_points(p: Param) -> list:
+    """The values of `p` a trial config is checked at before the sweep starts (see the module docstring)."""
+    if p.kind == "choice":
+        return list(p.values)
+    if p.kind == "int":
+        lo, hi = int(p.low), int(p.high)
+        if hi - lo < MAX_CHECKED_INTS:
+            return list(range(lo, hi + 1))
+        return sorted({lo + round((hi - lo) * i / (MAX_CHECKED_INTS - 1)) for i in range(MAX_CHECKED_INTS)})
+    if p.kind == "loguniform":
+        return [p.low] + [math.exp(math.log(p.low) + q * math.log(p.high / p.low)) for q in QUANTILES[1:-1]] + [p.high]
+    return [p.low + q * (p.high - p.low) for q in QUANTILES]
+
+
+def _problem(exc: ConfigError) -> str:
+    """A trial config's error without its own `Fix:` sentence (the sweep gives the fix for the space)."""
+    return str(exc).split(" Fix: ")[0].rstrip(".")
+
+
+def _check_space(sweep: Sweep) -> None:
+    """Every value a trial can draw gives a valid trial config, alone and paired with another discrete key."""
+    path, passing = sweep.path, {}
+    for p in sweep.space.values():
+        points, failed = check_points(p), []
+        for v in points:
+            try:
+                sweep.trial_config({p.key: v})
+            except ConfigError as exc:
+                failed.append((v, exc))
+        passing[p.key] = [v for v in points if v not in [f[0] for f in failed]]
+        if not failed:
+            continue
+        v, exc = failed[0]
+        every = p.kind == "choice" or (p.kind == "int" and len(points) == int(p.high) - int(p.low) + 1)
+        bad = ", ".join(_brief(f[0], 20) for f in failed[:8]) + (", ..." if len(failed) > 8 else "")
+        head = (f"{path}: `space.{p.key}` ({_cut(p.describe())}) includes {bad}, for which the trial config is "
+                f"invalid ({len(failed)} of the {len(points)} values {'it can draw' if every else 'checked'}); "
+                f"at {_brief(v, 20)}: {_problem(exc)}")
+        if every and passing[p.key]:
+            shown = _brief(passing[p.key])
+            raise SweepError(f"{head}. Fix: search only the values that pass, `{p.key}: {{choice: {shown}}}`, "
+                             "or change the other key the message names.")
+        raise SweepError(f"{head}. Fix: {str(exc).split(' Fix: ', 1)[-1].rstrip('.')}; narrow `space.{p.key}` "
+                         "to values that pass.")
+    discrete = [p for p in sweep.space.values() if p.kind in ("int", "choice")]
+    for a, b in itertools.combinations(discrete, 2):
+        va, vb = (_spread(passing[a.key]), _spread(passing[b.key]))
+        for x, y in itertools.product(va, vb):
+            try:
+                sweep.trial_config({a.key: x, b.key: y})
+            except ConfigError as exc:
+                raise SweepError(
+                    f"{path}: `space.{a.key}` and `space.{b.key}` can draw {a.key}={_brief(x, 20)} with "
+                    f"{b.key}={_brief(y, 20)}, and that trial config is invalid: {_problem(exc)}. Fix: search values "
+                    f"that fit together (e.g. fix one of the two keys under `overrides:`, or use choice lists "
+                    f"whose every pair passes).") from None
+
+
+def _spread(values: list) -> list:
+    """At most MAX_PAIRED of `values`, evenly spread, the ends included."""
+    if len(values) <= MAX_PAIRED:
+        return values
+    return [values[round(i * (len(values) - 1) / (MAX_PAIRED - 1))] for i in range(MAX_PAIRED)]
+
+
 def _param(path, key, spec) -> Param:
     example = "e.g. `training.lr: {loguniform: [1.0e-5, 1.0e-4]}` or `task.train.batch_size: {choice: [16, 32]}`"
     if not isinstance(spec, dict) or len(spec) != 1:
         raise _err(path, f"space.{key}", f"must be a one-entry mapping {{kind: values}} with kind one of "
-                   f"{', '.join(KINDS)} (got {spec!r})", f"Write it as {example}.")
+                   f"{', '.join(KINDS)} (got {_brief(spec)})", f"Write it as {example}.")
     kind, values = next(iter(spec.items()))
     if kind not in KINDS:
-        raise _err(path, f"space.{key}", f"has unknown kind `{kind}`", f"Use one of {', '.join(KINDS)}: {example}.")
+        near = difflib.get_close_matches(_cut(str(kind)), KINDS, n=1)
+        raise _err(path, f"space.{key}", f"has unknown kind `{_cut(str(kind))}`",
+                   (f"Did you mean `{near[0]}`? " if near else "") + f"Use one of {', '.join(KINDS)}: {example}.")
     if not isinstance(values, list) or not values:
         raise _err(path, f"space.{key}.{kind}", "must be a non-empty list", f"Write it as {example}.")
     if kind == "choice":
+        if len(values) > MAX_CHOICES:
+            raise _err(path, f"space.{key}.choice", f"has {len(values)} values, more than the {MAX_CHOICES} a sweep "
+                       "checks", "Use an `int` or `uniform` range instead of listing the values.")
         return Param(key, kind, values=tuple(values))
     if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        raise _err(path, f"space.{key}.{kind}", f"must be two numbers [low, high] (got {values!r})",
+        raise _err(path, f"space.{key}.{kind}", f"must be two numbers [low, high] (got {_brief(values)})",
                    f"Write it as {example}.")
+    if not all(math.isfinite(v) for v in values):
+        raise _err(path, f"space.{key}.{kind}", f"must be two finite numbers (got {_brief(values)})",
+                   "Write finite bounds, e.g. [1.0e-5, 1.0e-4].")
     low, high = values
     if not low < high:
         raise _err(path, f"space.{key}.{kind}", f"needs low < high (got [{low}, {high}])", "Swap or widen the bounds.")
@@ -200,23 +290,44 @@ def _param(path, key, spec) -> Param:
         raise _err(path, f"space.{key}.loguniform", f"needs low > 0 (got {low})",
                    "Use a positive lower bound, or `uniform` for a range that includes 0.")
     if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
-        raise _err(path, f"space.{key}.int", f"needs integer bounds (got {values!r})", "Use whole numbers.")
+        raise _err(path, f"space.{key}.int", f"needs integer bounds (got {_brief(values)})", "Use whole numbers.")
     return Param(key, kind, float(low), float(high))
+
+
+def _better(metric: str) -> str:
+    return "lower" if LOWER_IS_BETTER[metric] else "higher"
 
 
 def _target(path, metric, text) -> Target:
     if metric not in METRICS:
-        raise _err(path, f"targets.{metric}", "is not a metric the evaluation reports",
-                   f"Use one of {', '.join(METRICS)}.")
-    parts = str(text).split()
+        near = difflib.get_close_matches(_cut(str(metric)), METRICS, n=1)
+        raise _err(path, f"targets.{_cut(str(metric))}", "is not a metric the evaluation reports",
+                   (f"Did you mean `{near[0]}`? " if near else "") + f"Use one of {', '.join(METRICS)}.")
+    parts = str(text).split() if isinstance(text, str) else []
     if len(parts) != 2 or parts[0] not in COMPARATORS:
-        raise _err(path, f"targets.{metric}", f"must read like \"<= 0.25\" or \">= 0.43\" (got {text!r})",
+        raise _err(path, f"targets.{metric}", f"must read like \"<= 0.25\" or \">= 0.43\" (got {_brief(text)})",
                    "Quote it: `fid: \"<= 0.25\"`.")
     try:
         value = float(parts[1])
     except ValueError:
-        raise _err(path, f"targets.{metric}", f"has a threshold that is not a number ({parts[1]!r})",
+        raise _err(path, f"targets.{metric}", f"has a threshold that is not a number ({_brief(parts[1])})",
                    "Write a number after the comparison.") from None
+    if not math.isfinite(value):
+        raise _err(path, f"targets.{metric}", f"has the threshold {parts[1]}, which is not a finite number (a "
+                   "comparison with nan is never true, one with inf always or never)",
+                   f"Write a finite number, e.g. `{metric}: \"{'<=' if LOWER_IS_BETTER[metric] else '>='} "
+                   f"{0.25 if LOWER_IS_BETTER[metric] else 0.43}\"`.")
+    want = ("<=", "<") if LOWER_IS_BETTER[metric] else (">=", ">")
+    if parts[0] not in want:
+        raise _err(path, f"targets.{metric}", f"reads `{parts[0]} {parts[1]}`, but {metric} is better when "
+                   f"{_better(metric)}: the target would be met by poor trials (and could stop the sweep on them)",
+                   f"Write `{metric}: \"{want[0]} {parts[1]}\"`.")
+    if metric.startswith("top") and not 0 <= value <= 1:
+        raise _err(path, f"targets.{metric}", f"has the threshold {value:g}, but R-precision lies in [0, 1]",
+                   f"Give a fraction, e.g. `{metric}: \">= 0.43\"`.")
+    if LOWER_IS_BETTER[metric] and metric != "loss" and value < 0:
+        raise _err(path, f"targets.{metric}", f"has the threshold {value:g}, but {metric} is never negative",
+                   f"Give a threshold >= 0, e.g. `{metric}: \"<= 0.25\"`.")
     return Target(metric, parts[0], value)
 
 
@@ -224,11 +335,11 @@ def _section(path, key, raw, cls):
     if raw is None:
         return cls()
     if not isinstance(raw, dict):
-        raise _err(path, key, f"must be a mapping (got {raw!r})", f"Write it as `{key}: {{...}}`.")
+        raise _err(path, key, f"must be a mapping (got {_brief(raw)})", f"Write it as `{key}: {{...}}`.")
     names = {f.name: f for f in dataclasses.fields(cls)}
     for k in raw:
         if k not in names:
-            raise _err(path, f"{key}.{k}", "is not a known key", f"Known keys: {', '.join(names)}.")
+            raise _unknown(path, f"{key}.{_cut(str(k))}", k, names)
     obj = cls(**raw)
     for f in dataclasses.fields(cls):
         v = getattr(obj, f.name)
@@ -236,7 +347,7 @@ def _section(path, key, raw, cls):
         if want is float and isinstance(v, int) and not isinstance(v, bool):
             setattr(obj, f.name, float(v))
         elif not isinstance(v, want) or isinstance(v, bool) != (want is bool):
-            raise _err(path, f"{key}.{f.name}", f"must be {want.__name__} (got {v!r})", f"Default: {f.default!r}.")
+            raise _err(path, f"{key}.{f.name}", f"must be {want.__name__} (got {_brief(v)})", f"Default: {f.default!r}.")
     return obj
 
 
@@ -254,6 +365,9 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
     if not isinstance(raw, dict):
         raise SweepError(f"{path}: a sweep file must be a YAML mapping (name, base, space, ...).")
     raw = dict(raw)
+    if not isinstance(raw.get("overrides") or {}, dict):
+        raise _err(path, "overrides", f"must be a mapping of training config keys (got {_brief(raw['overrides'])})",
+                   "Write it as `overrides: {training.max_epochs: 200}`.")
     base_overrides = dict(raw.get("overrides") or {})
     for text in overrides:
         try:
@@ -264,82 +378,120 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
         if section == "base" and sub:
             base_overrides[sub] = value
         elif section in ("resources", "scheduler", "targets", "space") and sub:
+            if not isinstance(raw.get(section) or {}, dict):
+                raise _err(path, section, f"must be a mapping (got {_brief(raw[section])})", f"Write `{section}: {{...}}`.")
             raw[section] = {**(raw.get(section) or {}), sub: value}
         else:
             raw[key] = value
-    unknown = set(raw) - TOP_KEYS - {"overrides", "output_root"}
+    unknown = sorted(set(raw) - TOP_KEYS, key=str)
     if unknown:
-        raise _err(path, sorted(unknown)[0], "is not a sweep key",
-                   f"Known keys: {', '.join(sorted(TOP_KEYS | {'overrides', 'output_root'}))}; training keys go "
-                   "under `overrides:`.")
+        err = _unknown(path, _cut(str(unknown[0])), unknown[0], TOP_KEYS, "is not a sweep key")
+        raise SweepError(f"{err} Training config keys go under `overrides:`.")
     for required in ("name", "base", "space", "metric", "mode"):
         if required not in raw:
             raise _err(path, required, "is missing", "See sweeps/stable.yaml for a complete example.")
+    name = str(raw["name"]) if isinstance(raw["name"], (str, int)) and not isinstance(raw["name"], bool) else None
+    problem = "is not a name" if name is None else folder_name_problem(name)
+    if problem:
+        raise _err(path, "name", f"= {_brief(raw['name'])} {problem} (the sweep folder is <output_root>/<name>)",
+                   "Fix: give a plain folder name, e.g. `name: CMDM-Demo-Sweep` (or name=CMDM-Demo-Sweep on the "
+                   "command line); set `output_root:` to put the sweep somewhere else.")
 
     base = (path.parent / str(raw["base"])).resolve()
     if not base.is_file():
-        raise _err(path, "base", f"points to {base}, which does not exist",
+        raise _err(path, "base", f"points to {_cut(str(base))}, which does not exist",
                    "Give the training config's path relative to the sweep file (e.g. ../configs/stable.yaml).")
     if not isinstance(raw["space"], dict) or not raw["space"]:
         raise _err(path, "space", "must map dotted config keys to distributions",
                    "e.g. `space: {training.lr: {loguniform: [1.0e-5, 1.0e-4]}}`.")
+    for key in raw["space"]:
+        if not isinstance(key, str):
+            raise _err(path, f"space.{_brief(key)}", "is not a dotted config key", "e.g. `training.lr`.")
+        if key in SET_PER_TRIAL:
+            raise _err(path, f"space.{key}", f"cannot be searched: {SET_PER_TRIAL[key]}",
+                       "Remove it from `space:`; the sweep's own `name:` and `output_root:` place its folder.")
     space = {k: _param(path, k, v) for k, v in raw["space"].items()}
-    if raw["metric"] not in METRICS:
-        raise _err(path, "metric", f"is `{raw['metric']}`", f"Use one of {', '.join(METRICS)}.")
-    if raw["mode"] not in ("min", "max"):
-        raise _err(path, "mode", f"is `{raw['mode']}`", "Use min (fid, mm_dist, loss) or max (top1/2/3).")
+    for key in base_overrides:
+        why = (SET_PER_TRIAL.get(key) or (f"`resources.{key[4:]}` sets it for every trial"
+                                          if key in RESOURCE_KEYS else None))
+        if why:
+            raise _err(path, f"overrides.{key}", f"would be silently replaced: {why}",
+                       f"Set `resources.{key[4:]}`." if key in RESOURCE_KEYS else
+                       "Set the sweep's own `name:` / `output_root:` instead.")
+    metric, mode = raw["metric"], raw["mode"]
+    if not isinstance(metric, str) or metric not in METRICS:
+        near = difflib.get_close_matches(_cut(str(metric)), METRICS, n=1)
+        raise _err(path, "metric", f"is {_brief(metric)}", (f"Did you mean `{near[0]}`? " if near else "")
+                   + f"Use one of {', '.join(METRICS)}.")
+    lower = ", ".join(m for m in METRICS if LOWER_IS_BETTER[m])
+    higher = ", ".join(m for m in METRICS if not LOWER_IS_BETTER[m])
+    if mode not in ("min", "max"):
+        raise _err(path, "mode", f"is {_brief(mode)}", f"Use min ({lower}) or max ({higher}).")
+    want = "min" if LOWER_IS_BETTER[metric] else "max"
+    if mode != want:
+        raise _err(path, "mode", f"is `{mode}`, but {metric} is better when {_better(metric)}: the sweep would rank "
+                   "its worst trial first, and ASHA would stop the best ones",
+                   f"Fix: set `mode: {want}` for `metric: {metric}` (min for {lower}; max for {higher}).")
+    if not isinstance(raw.get("targets") or {}, dict):
+        raise _err(path, "targets", f"must be a mapping of metrics to thresholds (got {_brief(raw['targets'])})",
+                   "Write it as `targets: {fid: \"<= 0.25\", top1: \">= 0.43\"}`.")
     targets = tuple(_target(path, m, t) for m, t in (raw.get("targets") or {}).items())
     resources = _section(path, "resources", raw.get("resources"), Resources)
     scheduler = _section(path, "scheduler", raw.get("scheduler"), Scheduler)
     if scheduler.time_attr not in ("evaluations", "epoch"):
-        raise _err(path, "scheduler.time_attr", f"is `{scheduler.time_attr}`",
+        raise _err(path, "scheduler.time_attr", f"is {_brief(scheduler.time_attr)}",
                    "Use `evaluations` (rungs counted in evaluations) or `epoch`.")
     if scheduler.grace_period < 1 or scheduler.reduction_factor <= 1 or scheduler.max_t <= scheduler.grace_period:
         raise _err(path, "scheduler", f"needs grace_period >= 1, reduction_factor > 1 and max_t > grace_period "
-                   f"(got {dataclasses.asdict(scheduler)})", "Fix the numbers.")
+                   f"(got {_brief(dataclasses.asdict(scheduler))})", "Fix the numbers.")
 
-    sweep = Sweep(name=str(raw["name"]), path=path, base=base, overrides=base_overrides, space=space,
-                  base_config=None, resources=resources, scheduler=scheduler, metric=raw["metric"],
-                  mode=raw["mode"], targets=targets)
+    sweep = Sweep(name=name, path=path, base=base, overrides=base_overrides, space=space,
+                  base_config=None, resources=resources, scheduler=scheduler, metric=metric,
+                  mode=mode, targets=targets)
     for key in ("num_samples", "max_concurrent_trials", "max_remedies", "seed"):
         if key in raw:
             v = raw[key]
             if not isinstance(v, int) or isinstance(v, bool) or v < (0 if key in ("seed", "max_remedies") else 1):
                 raise _err(path, key, f"must be a whole number >= {0 if key in ('seed', 'max_remedies') else 1} "
-                           f"(got {v!r})", "Fix the value.")
+                           f"(got {_brief(v)})", "Fix the value.")
             setattr(sweep, key, v)
     if isinstance(raw.get("doctor"), list):          # doctor: [rule, ...] -> on, with those rules only
         from cmdm.doctor import RULES
         known = [rule.name for rule in RULES]
         unknown = [n for n in raw["doctor"] if n not in known]
         if unknown or not raw["doctor"]:
-            raise _err(path, "doctor", f"names no rule or unknown rules {unknown}", f"Use true, false or a list of "
-                       f"rule names from: {', '.join(known)}.")
+            raise _err(path, "doctor", f"names no rule or unknown rules {_brief(unknown)}", f"Use true, false or a "
+                       f"list of rule names from: {', '.join(known)}.")
         sweep.doctor, sweep.doctor_rules = True, tuple(raw["doctor"])
         raw = {k: v for k, v in raw.items() if k != "doctor"}
     for key in ("stop_on_targets", "priors", "doctor"):
         if key in raw:
             if not isinstance(raw[key], bool):
-                raise _err(path, key, f"must be true or false (got {raw[key]!r})", "Fix the value.")
+                raise _err(path, key, f"must be true or false (got {_brief(raw[key])})", "Fix the value.")
             setattr(sweep, key, raw[key])
+    if not isinstance(raw.get("output_root", ""), str):
+        raise _err(path, "output_root", f"must be a folder path (got {_brief(raw['output_root'])})",
+                   "e.g. `output_root: outputs`.")
     # Trials run in their own folders (Tune changes the working directory): every path becomes absolute here.
     sweep.output_root = str(Path(str(raw.get("output_root", sweep.output_root))).expanduser().resolve())
 
-    # The base training config, then every corner of the space, must pass cmdm.config's checks.
+    # The base training config, then every value the space can draw, must pass cmdm.config's checks.
     try:
         cfg = load_config(str(base))
         res = {"ray.num_workers": resources.num_workers, "ray.cpus_per_worker": resources.cpus_per_worker,
                "ray.use_gpu": resources.use_gpu, "ray.gpus_per_worker": resources.gpus_per_worker}
         cfg = update_config(cfg, {**base_overrides, **res}, source=f"{path} (overrides/resources)")
-        if raw["metric"] in ("fid", "top1", "top2", "top3"):   # model_best.pt = best by the sweep's metric
-            cfg = update_config(cfg, {"training.best_metric": raw["metric"]}, source=f"{path} (metric)")
+        if metric in ("fid", "top1", "top2", "top3"):   # model_best.pt = best by the sweep's metric
+            if base_overrides.get("training.best_metric", metric) != metric:
+                raise _err(path, "overrides.training.best_metric", f"is {_brief(base_overrides['training.best_metric'])}"
+                           f", but each trial keeps its model_best.pt by the sweep's metric ({metric})",
+                           "Remove it from `overrides:` (or set `metric:` to it).")
+            cfg = update_config(cfg, {"training.best_metric": metric}, source=f"{path} (metric)")
         from cmdm.train import absolute_paths
         sweep.base_config = absolute_paths(cfg)
-        for p in space.values():
-            for v in (p.values if p.kind == "choice" else (p.low, p.high)):
-                sweep.trial_config({p.key: int(v) if p.kind == "int" else v})
     except ConfigError as exc:
         raise SweepError(f"{path}: a trial config would be invalid: {exc}") from None
+    _check_space(sweep)
     if sweep.max_concurrent_trials > sweep.num_samples:
         sweep.max_concurrent_trials = sweep.num_samples
     return sweep

@@ -40,8 +40,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from cmdm.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_text, torch_bytes
 from cmdm.config import Config, config_from_dict, config_hash, config_to_dict, save_config
 from cmdm.data.humanml3d import collate, dataset_from_config
+from cmdm.evaluation.metrics import LOWER_IS_BETTER   # which way each metric is better
 
-LOWER_IS_BETTER = {"fid": True, "top1": False, "top2": False, "top3": False}
 CHECKPOINT_VERSION = 1
 
 
@@ -660,14 +660,20 @@ def start_ray(address: str, num_cpus: int | None = None):
     return f"http://{url}" if url and not url.startswith("http") else url
 
 
-def prepare(cfg: Config, log=print) -> None:
-    """Make sure the data and the evaluator exist before any worker starts (once, in the driver)."""
-    from cmdm.data.humanml3d import DataError, check_dataset
-    from cmdm.evaluation.evaluator import load_evaluator
+def check_data_root(cfg: Config) -> None:
+    """The instant part of `prepare`: a missing HumanML3D folder is said before anything else is checked."""
+    from cmdm.data.humanml3d import DataError
     if cfg.data.name != "synthetic" and not Path(cfg.data.root).is_dir():
         raise DataError(f"HumanML3D folder {cfg.data.root} (data.root) does not exist. Get HumanML3D from "
                         "https://github.com/EricGuo5513/HumanML3D and put it there (or set data.root=...), "
                         "or try the embedded dataset: python train_ray.py configs/demo.yaml")
+
+
+def prepare(cfg: Config, log=print) -> None:
+    """Make sure the data and the evaluator exist before any worker starts (once, in the driver)."""
+    from cmdm.data.humanml3d import DataError, check_dataset
+    from cmdm.evaluation.evaluator import load_evaluator
+    check_data_root(cfg)
     check_text_model(cfg)   # before any work: a text model this machine lacks stops the run here
     if cfg.data.name == "synthetic":
         from cmdm.data.synthetic import ensure_dataset
@@ -750,9 +756,19 @@ def make_trainer(cfg: Config, files: RunFiles, *, init_from: str | None = None, 
     )
 
 
+def _ray_up() -> bool:
+    import ray
+    return ray.is_initialized()
+
+
 def run_training(cfg: Config, *, init_from: str | None = None, partial: bool = False) -> dict:
     """Run one training to its end; returns the final metrics (with 'stop_reason') and the run folder."""
+    from cmdm.resources import check_fits, cluster_offer, local_offer
     cfg = absolute_paths(cfg)
+    where = "the config (ray.* keys)"
+    check_data_root(cfg)
+    if not cfg.ray.address and not _ray_up():      # before data and evaluator: a local Ray gets this machine
+        check_fits(cfg.ray, local_offer(), where=where, prefix="ray.", what="this machine (a local Ray)")
     files = RunFiles(cfg.run_dir)
     changed = check_rerun(cfg, files)
     check_init_from(cfg, init_from, partial)
@@ -762,6 +778,7 @@ def run_training(cfg: Config, *, init_from: str | None = None, partial: bool = F
     save_config(cfg, files.config)
 
     url = start_ray(cfg.ray.address, num_cpus=None)
+    check_fits(cfg.ray, cluster_offer(), where=where, prefix="ray.", what="the Ray cluster")
     if url:
         print(f"Ray dashboard: {url}")
     print(f"Run folder: {files.root}  (TensorBoard: tensorboard --logdir {files.logs} --host 127.0.0.1)")

@@ -342,6 +342,13 @@ def run_sweep(sweep: Sweep, *, address: str = "", resume: bool = False, strategy
     if not resume and experiment.exists():
         raise SystemExit(f"error: the sweep folder {d} already holds a sweep. Resume it with --resume, or set another "
                          f"`name:` in {sweep.path} (or delete {d}) to start a new one.")
+    from cmdm.resources import check_fits, cluster_offer, local_offer
+    from cmdm.train import check_data_root
+    check_data_root(absolute_paths(sweep.base_config))
+    where = f"{sweep.path} (resources)"
+    if not address and not ray.is_initialized():   # a local Ray gets this machine: refuse before data and evaluator
+        check_fits(sweep.base_config.ray, local_offer(), where=where, prefix="resources.",
+                   what="this machine (a local Ray)")
     prepare(absolute_paths(sweep.base_config))     # data + evaluator once, before any trial starts
     write_sweep_files(sweep)
 
@@ -356,6 +363,8 @@ def run_sweep(sweep: Sweep, *, address: str = "", resume: bool = False, strategy
             log(f"Ray dashboard: {url if str(url).startswith('http') else 'http://' + url}")
     ray_start_seconds = time.time() - t_ray
     driver_res = {"CPU": 0, TRIAL_RESOURCE: 1} if ray.cluster_resources().get(TRIAL_RESOURCE) else {"CPU": 0.01}
+    check_fits(sweep.base_config.ray, cluster_offer(), where=where, prefix="resources.", what="the Ray cluster",
+               extra_cpu=driver_res["CPU"])
     storage_url = f"sqlite:///{d / 'optuna.db'}"
     log(f"Sweep folder: {d}\n  TensorBoard: tensorboard --logdir {d} --host 127.0.0.1\n"
         f"  Optuna:      optuna-dashboard {storage_url}")

@@ -6,7 +6,6 @@ with one file broken: the driver's `check_dataset` reads every file once before 
 """
 import shutil
 import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np

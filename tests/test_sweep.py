@@ -20,7 +20,7 @@ base: {ROOT / 'configs' / 'demo.yaml'}
 space:
   training.lr: {{loguniform: [1.0e-4, 1.0e-2]}}
   task.train.batch_size: {{choice: [16, 32]}}
-  model.num_heads: {{int: [2, 4]}}
+  model.num_heads: {{choice: [2, 4]}}           # int [2, 4] would draw 3, which does not divide latent_dim 64
 metric: fid
 mode: min
 targets: {{fid: "<= 5", top1: ">= 0.2"}}
@@ -64,7 +64,9 @@ def test_param_clip_and_contains():
     (("training.lr: {loguniform: [1.0e-4, 1.0e-2]}", "training.lr: {loguniform: [0, 1.0e-2]}"), ["loguniform", "low > 0"]),
     (("training.lr: {loguniform: [1.0e-4, 1.0e-2]}", "training.lr: {loguniform: [1.0e-2, 1.0e-4]}"), ["low < high"]),
     (("training.lr: {loguniform: [1.0e-4, 1.0e-2]}", "training.lrr: {loguniform: [1.0e-4, 1.0e-2]}"), ["training.lrr"]),
-    (("model.num_heads: {int: [2, 4]}", "model.num_heads: {int: [0, 4]}"), ["model.num_heads"]),
+    (("model.num_heads: {choice: [2, 4]}", "model.num_heads: {choice: [0, 4]}"), ["model.num_heads"]),
+    (("model.num_heads: {choice: [2, 4]}", "model.num_heads: {int: [2, 4]}"), ["model.num_heads", "latent_dim",
+                                                                             "choice: [2, 4]"]),
     (("mode: min", "mode: lowest"), ["mode", "min"]),
     (("metric: fid", "metric: accuracy"), ["metric", "top1"]),
     (('fid: "<= 5"', 'fid: "about 5"'), ["targets.fid", "<= 0.25"]),

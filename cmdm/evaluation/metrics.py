@@ -14,6 +14,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import linalg
 
+# Which way is better for each number a run reports and a sweep ranks by (the training loss included): the one
+# table the best-checkpoint tracker (cmdm/train.py) and the sweep file's metric/mode/targets checks read.
+LOWER_IS_BETTER = {"fid": True, "mm_dist": True, "top1": False, "top2": False, "top3": False, "loss": True}
+
 
 def _as_2d(x, name) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
