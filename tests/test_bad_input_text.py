@@ -46,7 +46,7 @@ CASES = [
          ["train_ray.py", DEMO, "model.text_model.name={tmp}/clip", "data.root={tmp}/data", "output_root={tmp}/out"],
          setup=config_only, names=["model.text_model.name", "{tmp}/clip"], fix=["weights", "DIR"], env=OFFLINE),
     Case("tune-stable-without-clip", ["tune_ray.py", "{root}/sweeps/stable.yaml", "base.data.root={tmp}/data",
-                                      "output_root={tmp}/out"],
+                                      "output_root={tmp}/out", "resources.use_gpu=false", "resources.cpus_per_worker=1"],
          setup=data_folder, names=["model.text_model.name", CLIP], fix=HOW + ["base.model.text_model.name"], env=OFFLINE),
 ]
 
