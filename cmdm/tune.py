@@ -332,7 +332,7 @@ def run_sweep(sweep: Sweep, *, address: str = "", resume: bool = False, strategy
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from cmdm.train import absolute_paths, prepare
+    from cmdm.train import absolute_paths, prepare, start_ray
 
     d = sweep.sweep_dir
     experiment = d / "tune"
@@ -345,14 +345,9 @@ def run_sweep(sweep: Sweep, *, address: str = "", resume: bool = False, strategy
     write_sweep_files(sweep)
 
     t_ray = time.time()
-    if not ray.is_initialized():
-        if address:
-            ctx = ray.init(address=address)
-        else:
-            ctx = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", resources={TRIAL_RESOURCE: 1000})
-        url = getattr(ctx, "dashboard_url", None)
-        if url:
-            log(f"Ray dashboard: {url if str(url).startswith('http') else 'http://' + url}")
+    url = start_ray(address, resources={TRIAL_RESOURCE: 1000}, log=log)    # a local Ray on 127.0.0.1 only
+    if url:
+        log(f"Ray dashboard: {url}  (it asks for the token: ray get-auth-token)")
     ray_start_seconds = time.time() - t_ray
     driver_res = {"CPU": 0, TRIAL_RESOURCE: 1} if ray.cluster_resources().get(TRIAL_RESOURCE) else {"CPU": 0.01}
     storage_url = f"sqlite:///{d / 'optuna.db'}"
