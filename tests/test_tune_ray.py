@@ -264,3 +264,57 @@ def test_summary_tells_how_each_trial_ended(tmp_path):
         assert rows["done"]["end"] == "finished" and rows["early"]["end"] == "stopped by ASHA"
         assert rows["late"]["end"] == late_end
         assert rows["late"]["trial_seconds"] == 70.0 and rows["done"]["targets_met"]
+
+
+def test_summary_after_a_crash_comes_from_the_trials_own_files(tmp_path):
+    """No Ray: the sweep was killed right after trial `a` wrote its last evaluation, and Tune's restored state
+    predates it (epoch 2, FID 19.90) while a's best_metrics.json, status.json and runtime.log say FID 15.40
+    after 3 epochs. The summary, the ranking and the report's history follow the trial's files; the wall time
+    and a's trial time add the run before the resume (clock.json)."""
+    from types import SimpleNamespace
+
+    from cmdm.sweep import load_sweep
+    from cmdm.tune import _clock_class, format_summary, summarise
+    spec = {"name": "crash", "base": str(ROOT / "configs" / "demo.yaml"), "output_root": str(tmp_path),
+            "space": {"training.lr": {"loguniform": [1e-5, 1e-2]}}, "metric": "fid", "mode": "min"}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    sweep = load_sweep(tmp_path / "s.yaml")
+    a = sweep.sweep_dir / "trials" / "a"
+    (a / "checkpoints").mkdir(parents=True)
+    (a / "logs").mkdir()
+    best = {"fid": 15.4, "top1": 0.31, "top2": 0.45, "top3": 0.55, "mm_dist": 4.0, "step": 48, "epoch": 3,
+            "best_metric": "fid"}
+    (a / "checkpoints" / "best_metrics.json").write_text(json.dumps(best))
+    (a / "status.json").write_text(json.dumps({"stop_reason": "finished", "epoch": 3, "evaluations": 3}))
+    log = []
+    for e, (loss, fid) in enumerate([(1.3, 25.0), (0.9, 19.9), (0.7, 15.4)], start=1):
+        log.append(f"2026-12-02 10:00:0{e} Epoch {e:3d} completed. Avg Loss: {loss:.6f} (2.0 s)")
+        log.append(f"2026-12-02 10:00:0{e} [EVAL] FID: {fid:.4f} Top1: 0.3100 Top2: 0.4500 Top3: 0.5500 "
+                   f"MM-Dist: 4.0000 (Epoch: {e}, Step: {16 * e})")
+    (a / "logs" / "runtime.log").write_text("\n".join(log) + "\n")
+
+    def result(trial_id, rows):
+        import pandas as pd
+        return SimpleNamespace(metrics=rows[-1], metrics_dataframe=pd.DataFrame(rows), config={"training.lr": 1e-3},
+                               error=None, path=str(tmp_path / trial_id))
+    tune_a = [{"trial_id": "a", "epoch": e, "evaluations": e, "loss": loss, "fid": fid, "top1": 0.31}
+              for e, loss, fid in ((1, 1.3, 25.0), (2, 0.9, 19.9))]                    # Tune's stale state
+    tune_b = [{"trial_id": "b", "epoch": 1, "evaluations": 1, "loss": 1.0, "fid": 17.0, "top1": 0.2}]
+    (tmp_path / "clock.json").write_text(json.dumps(
+        {"segments": [{"start": 0.0, "last": 100.0, "trials": {"a": [10.0, 90.0]}}]}))
+    clock = _clock_class()(tmp_path / "clock.json", resume=True)
+    clock.start, clock.end = {"a": clock.t0, "b": clock.t0}, {"a": clock.t0 + 5.0, "b": clock.t0 + 20.0}
+    summary = summarise(sweep, [result("b", tune_b), result("a", tune_a)], clock.wall_seconds(), clock=clock)
+    first, second = summary["trials"]
+    assert summary["best_trial"] == "a" and first["trial_id"] == "a" and second["trial_id"] == "b"
+    assert first["best"]["fid"] == pytest.approx(15.4) and first["best_epoch"] == 3
+    assert first["epochs"] == 3 and first["evaluations"] == 3 and first["end"] == "finished"
+    assert [h["fid"] for h in first["history"]] == pytest.approx([25.0, 19.9, 15.4])     # report curves
+    assert first["history"][-1]["evaluations"] == 3
+    assert first["trial_seconds"] == pytest.approx(80.0 + 5.0)                   # 80 s before the resume
+    assert summary["wall_seconds"] >= 100.0
+    assert "| a | 0.001 | 15.4000 |" in format_summary(summary)
+    segments = json.loads((tmp_path / "clock.json").read_text())["segments"]
+    assert len(segments) == 2 and segments[0]["last"] == 100.0                   # the earlier run kept
+    fresh = _clock_class()(tmp_path / "clock.json", resume=False)                # a new sweep: its own time only
+    assert fresh.earlier == [] and fresh.wall_seconds() < 100.0
