@@ -560,6 +560,24 @@ def ray_token_file() -> Path:
     return Path.home() / ".ray" / "auth_token"
 
 
+def check_ray_token_settings() -> None:
+    """Before anything is prepared: a token file named in RAY_AUTH_TOKEN_PATH that Ray cannot read would only
+    fail once Ray starts, deep in ray.init."""
+    named = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if not named or os.environ.get("RAY_AUTH_TOKEN"):
+        return
+    path = Path(named).expanduser()
+    try:
+        ok = path.is_file() and path.read_text().strip() != ""
+    except OSError:
+        ok = False
+    if not ok:
+        print(f"error: RAY_AUTH_TOKEN_PATH={named}: no token there ({'an empty file' if path.is_file() else 'no such file'}"
+              "). Point it at the file holding the Ray token (one line, e.g. the output of `ray get-auth-token "
+              "--generate`), or unset RAY_AUTH_TOKEN_PATH to use ~/.ray/auth_token.", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def ensure_private_ray_token(log=print) -> Path | None:
     """Ray asks every client of a local Ray (its gRPC ports, the dashboard, the job API) for a token. On loopback
     the token is what keeps the other users of this machine out, but Ray writes ~/.ray/auth_token with the
@@ -699,6 +717,7 @@ def run_training(cfg: Config, *, init_from: str | None = None, partial: bool = F
     """Run one training to its end; returns the final metrics (with 'stop_reason') and the run folder."""
     cfg = absolute_paths(cfg)
     files = RunFiles(cfg.run_dir)
+    check_ray_token_settings()
     changed = check_rerun(cfg, files)
     if changed:
         print(f"Resuming {files.root} with changed settings: {', '.join(changed)}")

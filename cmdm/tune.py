@@ -287,17 +287,35 @@ def _clock_class():
 
         With `path` (the sweep's clock.json) every start, result and end is written down, so a sweep killed
         outright and resumed still counts the time of its earlier runs: `earlier` holds their segments, each
-        ending at its last write."""
+        ending at its last write. A resumed sweep runs the copy of this callback Tune pickled with the
+        experiment, so each run starts over in `setup` and the driver reads the result back with `from_file`."""
 
-        def __init__(self, path: Path | None = None, resume: bool = False):
+        def __init__(self, path: Path | None = None):
             self.start, self.end = {}, {}
             self.path, self.t0, self._saved = path, time.time(), 0.0
             self.earlier: list[dict] = []
-            if resume and path is not None and path.is_file():
-                try:
-                    self.earlier = list(json.loads(path.read_text()).get("segments") or [])
-                except ValueError:
-                    self.earlier = []
+
+        @staticmethod
+        def segments(path: Path | None) -> list[dict]:
+            try:
+                return list(json.loads(path.read_text()).get("segments") or []) if path and path.is_file() else []
+            except (OSError, ValueError, AttributeError):
+                return []
+
+        @classmethod
+        def from_file(cls, path: Path):
+            """The clock as the run that just ended wrote it: its last segment is the current run."""
+            clock, segments = cls(path), cls.segments(path)
+            if segments:
+                clock.earlier, last = segments[:-1], segments[-1]
+                clock.t0 = last["start"]
+                clock.start = {t: a for t, (a, b) in last.get("trials", {}).items()}
+                clock.end = {t: b for t, (a, b) in last.get("trials", {}).items()}
+            return clock
+
+        def setup(self, **info):            # once per run of the sweep, the first one and each resume
+            self.start, self.end, self.t0 = {}, {}, time.time()
+            self.earlier = self.segments(self.path)
             self._save()
 
         def _segment(self) -> dict:
@@ -371,7 +389,7 @@ def run_sweep(sweep: Sweep, *, address: str = "", resume: bool = False, strategy
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from cmdm.train import absolute_paths, prepare, start_ray
+    from cmdm.train import absolute_paths, check_ray_token_settings, prepare, start_ray
 
     d = sweep.sweep_dir
     experiment = d / "tune"
@@ -380,6 +398,7 @@ def run_sweep(sweep: Sweep, *, address: str = "", resume: bool = False, strategy
     if not resume and experiment.exists():
         raise SystemExit(f"error: the sweep folder {d} already holds a sweep. Resume it with --resume, or set another "
                          f"`name:` in {sweep.path} (or delete {d}) to start a new one.")
+    check_ray_token_settings()
     prepare(absolute_paths(sweep.base_config))     # data + evaluator once, before any trial starts
     write_sweep_files(sweep)
 
@@ -400,7 +419,10 @@ def run_sweep(sweep: Sweep, *, address: str = "", resume: bool = False, strategy
                         "diagnosis": "diagnosis"},
         parameter_columns={k: k.split(".")[-1] for k in sweep.space}, max_report_frequency=20)
     stopper = _stopper_class()(sweep.stop_on_targets)
-    clock = _clock_class()(d / "clock.json", resume=resume)     # the wall time counts every run of the sweep
+    clock_file = d / "clock.json"          # the wall time counts every run of the sweep
+    if not resume:
+        atomic_write_text(clock_file, json.dumps({"segments": []}) + "\n")
+    clock = _clock_class()(clock_file)
     if resume:
         log(f"Resuming {experiment}: finished trials are kept, unfinished ones continue from their last checkpoint.")
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -432,6 +454,7 @@ def run_sweep(sweep: Sweep, *, address: str = "", resume: bool = False, strategy
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
     grid = tuner.fit()
+    clock = _clock_class().from_file(clock_file)    # what the callback Tune ran (maybe a restored copy) wrote
     wall = clock.wall_seconds()
     summary = summarise(sweep, grid, wall, clock=clock, targets_met_at=stopper.met_at,
                         asha=strategy != "random")
