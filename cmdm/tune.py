@@ -17,7 +17,9 @@ Sweep folder (outputs/<sweep name>/):
     optuna.db                     the Optuna study (optuna-dashboard sqlite:///.../optuna.db)
     tune/                         Ray Tune's experiment (restore point, per-trial result.json / TensorBoard)
     trials/<trial_id>/            each trial's run folder, same layout as train_ray.py's outputs/<name>/
-    summary.md, summary.json      the final table, sorted by the metric
+    summary.md, summary.json      the final table, sorted by the metric (built from the trials' own files
+                                  where Tune's state is behind them, e.g. after a crash and --resume)
+    clock.json                    when each run of the sweep started and last wrote (the wall time adds them)
     report/                       curves.png, params_vs_<metric>.png, best_trial/*.gif
 """
 from __future__ import annotations
@@ -282,27 +284,82 @@ def _clock_class():
 
     class TrialClock(tune.Callback):
         """When each trial started and ended, as the driver saw it: a trial's lifetime includes its start-up and
-        any epoch cut short when it was stopped (its reports alone would miss both)."""
+        any epoch cut short when it was stopped (its reports alone would miss both).
 
-        def __init__(self):
+        With `path` (the sweep's clock.json) every start, result and end is written down, so a sweep killed
+        outright and resumed still counts the time of its earlier runs: `earlier` holds their segments, each
+        ending at its last write. A resumed sweep runs the copy of this callback Tune pickled with the
+        experiment, so each run starts over in `setup` and the driver reads the result back with `from_file`."""
+
+        def __init__(self, path: Path | None = None):
             self.start, self.end = {}, {}
+            self.path, self.t0, self._saved = path, time.time(), 0.0
+            self.earlier: list[dict] = []
+
+        @staticmethod
+        def segments(path: Path | None) -> list[dict]:
+            try:
+                return list(json.loads(path.read_text()).get("segments") or []) if path and path.is_file() else []
+            except (OSError, ValueError, AttributeError):
+                return []
+
+        @classmethod
+        def from_file(cls, path: Path):
+            """The clock as the run that just ended wrote it: its last segment is the current run."""
+            clock, segments = cls(path), cls.segments(path)
+            if segments:
+                clock.earlier, last = segments[:-1], segments[-1]
+                clock.t0 = last["start"]
+                clock.start = {t: a for t, (a, b) in last.get("trials", {}).items()}
+                clock.end = {t: b for t, (a, b) in last.get("trials", {}).items()}
+            return clock
+
+        def setup(self, **info):            # once per run of the sweep, the first one and each resume
+            self.start, self.end, self.t0 = {}, {}, time.time()
+            self.earlier = self.segments(self.path)
+            self._save()
+
+        def _segment(self) -> dict:
+            now = time.time()
+            return {"start": self.t0, "last": now,
+                    "trials": {t: [s, self.end.get(t, now)] for t, s in self.start.items()}}
+
+        def _save(self, every: float = 0.0):
+            if self.path is None or time.time() - self._saved < every:
+                return
+            self._saved = time.time()
+            atomic_write_text(self.path, json.dumps({"segments": self.earlier + [self._segment()]}, indent=1) + "\n")
 
         def on_trial_start(self, iteration, trials, trial, **info):
             self.start.setdefault(trial.trial_id, time.time())
+            self._save()
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self._save(every=1.0)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.end.setdefault(trial.trial_id, time.time())
+            self._save()
 
         on_trial_error = on_trial_complete
 
         def on_experiment_end(self, trials, **info):
             for trial_id in self.start:
                 self.end.setdefault(trial_id, time.time())
+            self._save()
 
         def seconds(self, trial_id) -> float | None:
-            if trial_id not in self.start:
+            before = [seg["trials"][trial_id] for seg in self.earlier if trial_id in seg.get("trials", {})]
+            if trial_id not in self.start and not before:
                 return None
-            return self.end.get(trial_id, time.time()) - self.start[trial_id]
+            now = sum(b - a for a, b in before)
+            if trial_id in self.start:
+                now += self.end.get(trial_id, time.time()) - self.start[trial_id]
+            return now
+
+        def wall_seconds(self) -> float:
+            """This run's time so far plus that of the runs before the resume (not the time in between)."""
+            return sum(seg["last"] - seg["start"] for seg in self.earlier) + time.time() - self.t0
 
     return TrialClock
 
@@ -333,7 +390,7 @@ def run_sweep(sweep: Sweep, *, address: str = "", resume: bool = False, strategy
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from cmdm.train import absolute_paths, prepare
+    from cmdm.train import absolute_paths, check_ray_token_settings, prepare, start_ray
 
     d = sweep.sweep_dir
     experiment = d / "tune"
@@ -349,18 +406,14 @@ def run_sweep(sweep: Sweep, *, address: str = "", resume: bool = False, strategy
     if not address and not ray.is_initialized():   # a local Ray gets this machine: refuse before data and evaluator
         check_fits(sweep.base_config.ray, local_offer(), where=where, prefix="resources.",
                    what="this machine (a local Ray)")
+    check_ray_token_settings()
     prepare(absolute_paths(sweep.base_config))     # data + evaluator once, before any trial starts
     write_sweep_files(sweep)
 
     t_ray = time.time()
-    if not ray.is_initialized():
-        if address:
-            ctx = ray.init(address=address)
-        else:
-            ctx = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", resources={TRIAL_RESOURCE: 1000})
-        url = getattr(ctx, "dashboard_url", None)
-        if url:
-            log(f"Ray dashboard: {url if str(url).startswith('http') else 'http://' + url}")
+    url = start_ray(address, resources={TRIAL_RESOURCE: 1000}, log=log)    # a local Ray on 127.0.0.1 only
+    if url:
+        log(f"Ray dashboard: {url}  (it asks for the token: ray get-auth-token)")
     ray_start_seconds = time.time() - t_ray
     driver_res = {"CPU": 0, TRIAL_RESOURCE: 1} if ray.cluster_resources().get(TRIAL_RESOURCE) else {"CPU": 0.01}
     check_fits(sweep.base_config.ray, cluster_offer(), where=where, prefix="resources.", what="the Ray cluster",
@@ -375,8 +428,11 @@ def run_sweep(sweep: Sweep, *, address: str = "", resume: bool = False, strategy
                         f"best_{sweep.metric}": f"best_{sweep.metric}", "top1": "top1", "top3": "top3",
                         "diagnosis": "diagnosis"},
         parameter_columns={k: k.split(".")[-1] for k in sweep.space}, max_report_frequency=20)
-    stopper, clock = _stopper_class()(sweep.stop_on_targets), _clock_class()()
-    t0 = time.time()
+    stopper = _stopper_class()(sweep.stop_on_targets)
+    clock_file = d / "clock.json"          # the wall time counts every run of the sweep
+    if not resume:
+        atomic_write_text(clock_file, json.dumps({"segments": []}) + "\n")
+    clock = _clock_class()(clock_file)
     if resume:
         log(f"Resuming {experiment}: finished trials are kept, unfinished ones continue from their last checkpoint.")
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -408,7 +464,8 @@ def run_sweep(sweep: Sweep, *, address: str = "", resume: bool = False, strategy
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
     grid = tuner.fit()
-    wall = time.time() - t0
+    clock = _clock_class().from_file(clock_file)    # what the callback Tune ran (maybe a restored copy) wrote
+    wall = clock.wall_seconds()
     summary = summarise(sweep, grid, wall, clock=clock, targets_met_at=stopper.met_at,
                         asha=strategy != "random")
     summary["ray_start_seconds"] = ray_start_seconds     # before the wall clock above starts; 0 if Ray was up
@@ -434,6 +491,54 @@ def _history(result) -> list[dict]:
              for k, v in row.items()} for row in df.to_dict("records")]
 
 
+EPOCH_LINE = re.compile(r"Epoch\s+(\d+) completed\. Avg Loss: (\S+) \((\S+) s\)")
+EVAL_LINE = re.compile(r"\[EVAL\] FID: (\S+) Top1: (\S+) Top2: (\S+) Top3: (\S+) MM-Dist: (\S+) "
+                       r"\(Epoch: (\d+), Step: (\d+)\)")
+
+
+def runtime_history(log_file: Path) -> dict[int, dict]:
+    """epoch -> what the trial's logs/runtime.log says of it: loss, seconds, and the evaluation if there was one
+    (an epoch run again after a resume: its last run)."""
+    out: dict[int, dict] = {}
+    if not log_file.is_file():
+        return out
+    for line in log_file.read_text(encoding="utf-8", errors="replace").splitlines():
+        if m := EPOCH_LINE.search(line):
+            e = int(m[1])
+            out[e] = {"epoch": e, "loss": float(m[2]), "epoch_seconds": float(m[3])}
+        elif m := EVAL_LINE.search(line):
+            e = int(m[6])
+            out.setdefault(e, {"epoch": e}).update(
+                {k: float(v) for k, v in zip(("fid", "top1", "top2", "top3", "mm_dist"), m.groups()[:5])})
+    return out
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def with_trial_files(history: list[dict], run_dir: Path, metric: str) -> tuple[list[dict], dict, dict]:
+    """Tune's history of a trial completed by what the trial wrote itself. After a sweep was killed, Tune's
+    restored state can predate the trial's last epochs (and a resumed trial that had already finished reports
+    nothing new): the epochs runtime.log has beyond Tune's are appended. Returns (history, status.json, the
+    best record of best_metrics.json when it is by `metric`, else {})."""
+    status = _read_json(run_dir / "status.json")
+    best = _read_json(run_dir / "checkpoints" / "best_metrics.json")
+    if best.get("best_metric", metric) != metric or not isinstance(best.get(metric), (int, float)):
+        best = {}
+    history = list(history)
+    last_epoch = max([h.get("epoch") or 0 for h in history] or [0])
+    evaluations = max([h.get("evaluations") or 0 for h in history] or [0])
+    for e, row in sorted(runtime_history(run_dir / "logs" / "runtime.log").items()):
+        if e > last_epoch:
+            evaluations += "fid" in row
+            history.append({**row, "evaluations": evaluations, "from_trial_files": True})
+    return history, status, best
+
+
 def summarise(sweep: Sweep, grid, wall_seconds: float, *, clock=None, targets_met_at: float | None = None,
               asha: bool = True) -> dict:
     """One row per trial, sorted by its best metric. clock (TrialClock) gives each trial's lifetime as the driver
@@ -444,12 +549,11 @@ def summarise(sweep: Sweep, grid, wall_seconds: float, *, clock=None, targets_me
         history = _history(result)
         if not history and not result.config:      # created, then the sweep ended before it started
             continue
-        evals = evaluations_of(history)
         params = {k: (result.config or {}).get(k) for k in sweep.space}
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
         run_dir = sweep.sweep_dir / "trials" / trial_id
-        status_file = run_dir / "status.json"
-        status = json.loads(status_file.read_text()) if status_file.is_file() else {}
+        history, status, own_best = with_trial_files(history, run_dir, sweep.metric)   # the trial's files rule
+        evals = evaluations_of(history)
         diagnoses = []
         for h in history:
             for name in str(h.get("diagnosis") or "").split(","):
@@ -462,6 +566,8 @@ def summarise(sweep: Sweep, grid, wall_seconds: float, *, clock=None, targets_me
             finite = [e for e in evals if isinstance(e.get(key), (int, float)) and math.isfinite(e[key])]
             if finite:
                 best_eval = (min if sweep.mode == "min" else max)(finite, key=lambda e: e[key])
+        if own_best:           # best_metrics.json: what the trial kept as its best (and what export copies)
+            best_eval = own_best
         reported_seconds = float(max([h.get("time_total_s") or 0 for h in history] or [0]))
         lifetime = clock.seconds(trial_id) if clock is not None else None
         ended = clock.end.get(trial_id) if clock is not None else None
@@ -475,8 +581,8 @@ def summarise(sweep: Sweep, grid, wall_seconds: float, *, clock=None, targets_me
             end = "stopped by ASHA" if asha else "stopped"
         rows.append({
             "trial_id": trial_id, "params": params, "end": end,
-            "epochs": max([h.get("epoch") or 0 for h in history] or [0]),
-            "evaluations": len(evals),
+            "epochs": max([h.get("epoch") or 0 for h in history] + [status.get("epoch") or 0]),
+            "evaluations": max(len(evals), status.get("evaluations") or 0),
             "best": {m: best_eval.get(m) for m in ("fid", "top1", "top2", "top3", "mm_dist")} if best_eval else None,
             "best_epoch": best_eval.get("epoch") if best_eval else None,
             "diagnosis": ", ".join(diagnoses), "error": (result.metrics or {}).get("error"),

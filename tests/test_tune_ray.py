@@ -40,11 +40,43 @@ def tune(path, *args, env=None, timeout=600):
 
 @pytest.fixture(scope="module")
 def swept(tiny, tmp_path_factory):
+    """The tiny sweep, with every TCP socket its process tree (the driver, Ray's servers, the trials' Train
+    workers) listened on while it ran."""
+    from types import SimpleNamespace
+
+    from listening import listening_sockets, process_tree
     tmp = tmp_path_factory.mktemp("sweep")
     path = sweep_file(tiny, tmp, "tiny-sweep")
-    proc = tune(path)
+    out, err = tmp / "stdout.txt", tmp / "stderr.txt"
+    with open(out, "w") as fo, open(err, "w") as fe:
+        popen = subprocess.Popen([sys.executable, "tune_ray.py", str(path)], cwd=ROOT, stdout=fo, stderr=fe, text=True)
+        sockets, deadline = set(), time.time() + 600
+        while popen.poll() is None and time.time() < deadline:
+            sockets |= listening_sockets(process_tree(popen.pid))
+            time.sleep(0.3)
+        if popen.poll() is None:
+            popen.kill()
+        popen.wait()
+    proc = SimpleNamespace(returncode=popen.returncode, stdout=out.read_text(), stderr=err.read_text(), sockets=sockets)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return tmp / "outputs" / "tiny-sweep", proc
+
+
+def test_a_local_ray_listens_on_loopback_only(swept):
+    """Ray's GCS, raylet, workers, dashboard, dashboard agent (job API), runtime-env agent and metrics ports
+    bind to 127.0.0.1. The one documented exception (README, "Network"): torch.distributed's TCPStore, which
+    rank 0 of a trial's Train workers serves on the wildcard address (torch has no setting for it)."""
+    from listening import not_loopback
+    _, proc = swept
+    names = {name for name, _, _ in proc.sockets}
+    assert {"gcs_server", "raylet"} <= names and any(n.startswith("ray::Dashboard") for n in names), names
+    outside = not_loopback(proc.sockets)
+    # Ray's servers bind 127.0.0.1 itself; the TCPStore binds the wildcard address, one port per trial (its
+    # process may still be named ray::IDLE when sampled, so the port is not told apart by the process name)
+    assert all(address in ("::", "0.0.0.0") for _, _, address in outside), outside
+    assert not [s for s in outside if s[0] in ("gcs_server", "raylet") or s[0].startswith(("ray::Dashboard",
+                                                                                           "ray::RuntimeEnv"))]
+    assert len({port for _, port, _ in outside}) <= 3, outside          # 3 trials
 
 
 def test_priors_run_first_and_the_summary_is_sorted(swept):
@@ -126,13 +158,19 @@ def test_crashing_trials_do_not_stop_the_sweep_and_are_diagnosed(tiny, tmp_path)
 
 
 def test_interrupted_sweep_resumes(tiny, tmp_path):
+    """kill -9 of the whole tune_ray.py process group (Ray included) right after a trial finished, then --resume:
+    the unfinished trial continues from its checkpoint, and the summary agrees with what each trial wrote itself
+    (Tune's restored state may predate the finished trial's last report), over the time of both runs."""
+    from listening import process_tree
     # ASHA's only rung is at the 5th evaluation and trials last 6 epochs: the trial interrupted right after its
-    # first checkpoint cannot finish (or be stopped by ASHA) in the seconds the driver takes to stop.
+    # first checkpoint cannot finish (or be stopped by ASHA) before the kill.
     path = sweep_file(tiny, tmp_path, "resume-sweep", base_extra={"training.max_epochs": 6}, num_samples=2,
                       scheduler={"time_attr": "evaluations", "grace_period": 5, "reduction_factor": 2, "max_t": 6})
     d = tmp_path / "outputs" / "resume-sweep"
+    t_start = time.time()
     proc = subprocess.Popen([sys.executable, "tune_ray.py", str(path)], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
+    tree = []
     try:
         deadline = time.time() + 400
         while time.time() < deadline:   # one trial finished and the next one has its first checkpoint
@@ -140,20 +178,25 @@ def test_interrupted_sweep_resumes(tiny, tmp_path):
             lasts = [p for p in d.glob("trials/*/checkpoints/last.pt") if not (p.parents[1] / "status.json").exists()]
             if done and lasts:
                 break
+            tree = process_tree(proc.pid)
             time.sleep(0.2)
         else:
             pytest.fail("the sweep did not get going")
         first, unfinished = done[0], lasts[0].parents[1]
-        first_mtime = first.stat().st_mtime
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(30)
+        first_best = first.parent / "checkpoints" / "best_metrics.json"
+        best_mtime = first_best.stat().st_mtime
+        tree = process_tree(proc.pid)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        first_run_seconds = time.time() - t_start
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+        for pid in tree:                # any Ray process of that run that left the group
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
     assert not (unfinished / "status.json").exists()                          # it was interrupted mid-run
     again = tune(path)
     assert again.returncode != 0 and "--resume" in again.stderr               # refuses to overwrite
@@ -161,9 +204,19 @@ def test_interrupted_sweep_resumes(tiny, tmp_path):
     assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]
     summary = json.loads((d / "summary.json").read_text())
     assert len(summary["trials"]) == 2 and all(t["end"] != "failed" for t in summary["trials"])
-    assert first.stat().st_mtime == first_mtime                               # the finished trial was kept
-    assert "Resumed from" not in (first.parent / "logs" / "runtime.log").read_text()
+    assert first_best.stat().st_mtime == best_mtime                           # the finished trial's best kept
     assert "Resumed from" in (unfinished / "logs" / "runtime.log").read_text()   # the unfinished one continued
+    for row in summary["trials"]:              # every row says what the trial's own files say
+        run = Path(row["run_dir"])
+        own_best = json.loads((run / "checkpoints" / "best_metrics.json").read_text())
+        status = json.loads((run / "status.json").read_text())
+        assert row["best"]["fid"] == pytest.approx(own_best["fid"]) and row["best_epoch"] == own_best["epoch"]
+        assert row["epochs"] == status["epoch"] and row["evaluations"] == status["evaluations"]
+    fids = [t["best"]["fid"] for t in summary["trials"]]
+    assert fids == sorted(fids)
+    segments = json.loads((d / "clock.json").read_text())["segments"]
+    assert len(segments) == 2 and summary["wall_seconds"] > segments[0]["last"] - segments[0]["start"] > 0
+    assert segments[0]["last"] - segments[0]["start"] <= first_run_seconds
 
 
 def test_a_diagnosis_makes_the_remedy_the_next_suggestion(tmp_path):
@@ -232,3 +285,82 @@ def test_summary_tells_how_each_trial_ended(tmp_path):
         assert rows["done"]["end"] == "finished" and rows["early"]["end"] == "stopped by ASHA"
         assert rows["late"]["end"] == late_end
         assert rows["late"]["trial_seconds"] == 70.0 and rows["done"]["targets_met"]
+
+
+def test_summary_after_a_crash_comes_from_the_trials_own_files(tmp_path):
+    """No Ray: the sweep was killed right after trial `a` wrote its last evaluation, and Tune's restored state
+    predates it (epoch 2, FID 19.90) while a's best_metrics.json, status.json and runtime.log say FID 15.40
+    after 3 epochs. The summary, the ranking and the report's history follow the trial's files; the wall time
+    and a's trial time add the run before the resume (clock.json)."""
+    from types import SimpleNamespace
+
+    from cmdm.sweep import load_sweep
+    from cmdm.tune import _clock_class, format_summary, summarise
+    spec = {"name": "crash", "base": str(ROOT / "configs" / "demo.yaml"), "output_root": str(tmp_path),
+            "space": {"training.lr": {"loguniform": [1e-5, 1e-2]}}, "metric": "fid", "mode": "min"}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    sweep = load_sweep(tmp_path / "s.yaml")
+    a = sweep.sweep_dir / "trials" / "a"
+    (a / "checkpoints").mkdir(parents=True)
+    (a / "logs").mkdir()
+    best = {"fid": 15.4, "top1": 0.31, "top2": 0.45, "top3": 0.55, "mm_dist": 4.0, "step": 48, "epoch": 3,
+            "best_metric": "fid"}
+    (a / "checkpoints" / "best_metrics.json").write_text(json.dumps(best))
+    (a / "status.json").write_text(json.dumps({"stop_reason": "finished", "epoch": 3, "evaluations": 3}))
+    log = []
+    for e, (loss, fid) in enumerate([(1.3, 25.0), (0.9, 19.9), (0.7, 15.4)], start=1):
+        log.append(f"2026-12-02 10:00:0{e} Epoch {e:3d} completed. Avg Loss: {loss:.6f} (2.0 s)")
+        log.append(f"2026-12-02 10:00:0{e} [EVAL] FID: {fid:.4f} Top1: 0.3100 Top2: 0.4500 Top3: 0.5500 "
+                   f"MM-Dist: 4.0000 (Epoch: {e}, Step: {16 * e})")
+    (a / "logs" / "runtime.log").write_text("\n".join(log) + "\n")
+
+    def result(trial_id, rows):
+        import pandas as pd
+        return SimpleNamespace(metrics=rows[-1], metrics_dataframe=pd.DataFrame(rows), config={"training.lr": 1e-3},
+                               error=None, path=str(tmp_path / trial_id))
+    tune_a = [{"trial_id": "a", "epoch": e, "evaluations": e, "loss": loss, "fid": fid, "top1": 0.31}
+              for e, loss, fid in ((1, 1.3, 25.0), (2, 0.9, 19.9))]                    # Tune's stale state
+    tune_b = [{"trial_id": "b", "epoch": 1, "evaluations": 1, "loss": 1.0, "fid": 17.0, "top1": 0.2}]
+    (tmp_path / "clock.json").write_text(json.dumps(
+        {"segments": [{"start": 0.0, "last": 100.0, "trials": {"a": [10.0, 90.0]}}]}))
+    clock = _clock_class()(tmp_path / "clock.json")
+    clock.setup()                                       # what Tune calls when the resumed run starts
+    clock.start, clock.end = {"a": clock.t0, "b": clock.t0}, {"a": clock.t0 + 5.0, "b": clock.t0 + 20.0}
+    summary = summarise(sweep, [result("b", tune_b), result("a", tune_a)], clock.wall_seconds(), clock=clock)
+    first, second = summary["trials"]
+    assert summary["best_trial"] == "a" and first["trial_id"] == "a" and second["trial_id"] == "b"
+    assert first["best"]["fid"] == pytest.approx(15.4) and first["best_epoch"] == 3
+    assert first["epochs"] == 3 and first["evaluations"] == 3 and first["end"] == "finished"
+    assert [h["fid"] for h in first["history"]] == pytest.approx([25.0, 19.9, 15.4])     # report curves
+    assert first["history"][-1]["evaluations"] == 3
+    assert first["trial_seconds"] == pytest.approx(80.0 + 5.0)                   # 80 s before the resume
+    assert summary["wall_seconds"] >= 100.0
+    assert "| a | 0.001 | 15.4000 |" in format_summary(summary)
+    segments = json.loads((tmp_path / "clock.json").read_text())["segments"]
+    assert len(segments) == 2 and segments[0]["last"] == 100.0                   # the earlier run kept
+    clock.end["b"] = clock.t0 + 30.0
+    clock._save()
+    again = _clock_class().from_file(tmp_path / "clock.json")                    # what the driver reads back
+    assert again.earlier == segments[:1] and again.seconds("a") == pytest.approx(85.0)
+    assert again.seconds("b") == pytest.approx(30.0) and again.wall_seconds() >= 100.0
+
+
+def test_the_local_ray_token_is_written_for_its_owner_only(tmp_path, monkeypatch):
+    """No Ray: a missing ~/.ray/auth_token is written 0600 (Ray's own would be 0644 under umask 022); one that
+    exists is never rewritten, only warned about when others may read it; a token the user set is left alone."""
+    from cmdm.train import RAY_TOKEN_VARIABLES, ensure_private_ray_token
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in RAY_TOKEN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    said = []
+    path = ensure_private_ray_token(log=said.append)
+    assert path == tmp_path / ".ray" / "auth_token" and (path.stat().st_mode & 0o777) == 0o600
+    token = path.read_text()
+    assert len(token) == 64 and int(token, 16) and said == []
+    assert ensure_private_ray_token(log=said.append) == path and path.read_text() == token and said == []
+    path.chmod(0o644)
+    ensure_private_ray_token(log=said.append)
+    assert path.read_text() == token and "chmod 600" in said[0]
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert ensure_private_ray_token(log=said.append) is None
+    assert [p.name for p in path.parent.iterdir()] == ["auth_token"]          # no temp file left behind
