@@ -524,9 +524,10 @@ def with_trial_files(history: list[dict], run_dir: Path, metric: str) -> tuple[l
     """Tune's history of a trial completed by what the trial wrote itself. After a sweep was killed, Tune's
     restored state can predate the trial's last epochs (and a resumed trial that had already finished reports
     nothing new): the epochs runtime.log has beyond Tune's are appended. Returns (history, status.json, the
-    best record of best_metrics.json when it is by `metric`, else {})."""
+    best record of the model_best.pt pair (read_best) when it is by `metric`, else {})."""
+    from cmdm.train import read_best
     status = _read_json(run_dir / "status.json")
-    best = _read_json(run_dir / "checkpoints" / "best_metrics.json")
+    best = read_best(run_dir / "checkpoints") or {}     # the model_best.pt / best_metrics.json pair, checked
     if best.get("best_metric", metric) != metric or not isinstance(best.get(metric), (int, float)):
         best = {}
     history = list(history)

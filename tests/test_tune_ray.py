@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import tiny_config
 
@@ -19,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def sweep_file(tiny, tmp_path, name, space=None, base_extra=None, **top) -> Path:
     base = {k: (str(v) if isinstance(v, Path) else v) for k, v in tiny_config(tiny, **(base_extra or {})).items()
-            if k != "output_root"}
+            if k != "output_root" and not k.startswith("ray.")}   # resources: sets ray.*
     base["model.num_layers"] = [1, 1]
     doc = {"name": name, "base": str(ROOT / "configs" / "demo.yaml"), "output_root": str(tmp_path / "outputs"),
            "overrides": base,
@@ -305,7 +306,8 @@ def test_summary_after_a_crash_comes_from_the_trials_own_files(tmp_path):
     (a / "logs").mkdir()
     best = {"fid": 15.4, "top1": 0.31, "top2": 0.45, "top3": 0.55, "mm_dist": 4.0, "step": 48, "epoch": 3,
             "best_metric": "fid"}
-    (a / "checkpoints" / "best_metrics.json").write_text(json.dumps(best))
+    from cmdm.train import RunFiles, save_best
+    save_best(RunFiles(a), {"w": torch.zeros(1)}, best, sweep.base_config)   # the pair, as a trial writes it
     (a / "status.json").write_text(json.dumps({"stop_reason": "finished", "epoch": 3, "evaluations": 3}))
     log = []
     for e, (loss, fid) in enumerate([(1.3, 25.0), (0.9, 19.9), (0.7, 15.4)], start=1):
