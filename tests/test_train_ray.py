@@ -3,6 +3,7 @@ SIGKILL, a worker failure retried from the last checkpoint (2 DDP workers), non-
 
 Each run starts its own local Ray (~20-40 s on 2 cores); the runs are shared between tests where possible.
 """
+import hashlib
 import json
 import os
 import re
@@ -48,6 +49,8 @@ def test_run_writes_the_guides_layout_and_lines(finished):
     assert "Ray dashboard: http://127.0.0.1:" in proc.stdout
     best = json.loads((run / "checkpoints" / "best_metrics.json").read_text())
     saved = torch.load(run / "checkpoints" / "model_best.pt", weights_only=True)
+    sha = hashlib.sha256((run / "checkpoints" / "model_best.pt").read_bytes()).hexdigest()
+    assert best.pop("checkpoint_sha256") == sha   # the json is the pair of this very model_best.pt
     assert saved["metrics"] == best and best["best_metric"] == "fid" and len(best["config_hash"]) == 12
     last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert last["step"] == 2 * STEPS and last["epoch"] == 2 and {"optimizer", "scheduler", "rng"} <= set(last)
