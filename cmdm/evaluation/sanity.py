@@ -128,6 +128,11 @@ def corrupt(name: str, features: np.ndarray, rng: np.random.Generator) -> np.nda
     return joints_to_features(CORRUPTIONS[name](features_to_joints(features), rng)).astype(np.float32)
 
 
+def corrupt_jitter(features: np.ndarray, rng: np.random.Generator, sigma: float) -> np.ndarray:
+    """`corrupt` with joint jitter of any sigma (metres): what the evaluator fit uses for its negatives."""
+    return joints_to_features(jitter(features_to_joints(features), rng, sigma)).astype(np.float32)
+
+
 # ----------------------------------------------------------------------------
 # The table
 # ----------------------------------------------------------------------------
