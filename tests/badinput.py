@@ -36,6 +36,7 @@ ENTRIES = {
     "cmdm.config": ("cmdm.config", "main"),
     "cmdm.evaluate": ("cmdm.evaluate", "main"),
     "cmdm.evaluation.fit": ("cmdm.evaluation.fit", "main"),
+    "cmdm.evaluation.sanity": ("cmdm.evaluation.sanity", "main"),
     "cmdm.data.synthetic": ("cmdm.data.synthetic", "main"),
     "cmdm.model": ("cmdm.model.__main__", "main"),
 }

@@ -157,3 +157,19 @@ def test_load_evaluator_from_a_config_uses_the_cached_fitted_evaluator(fitted):
     mtime = path.stat().st_mtime_ns
     ev = load_evaluator(cfg, progress=False)
     assert ev.source == str(path) and path.stat().st_mtime_ns == mtime
+
+
+def test_ensure_evaluator_refits_an_evaluator_of_an_older_fit_version(fitted, tmp_path):
+    """Same data, but fitted by an older fit (no jittered negatives): the cache is not reused."""
+    from cmdm.evaluation.fit import FIT_VERSION
+    root, out, _ = fitted
+    out2 = tmp_path / "evaluator"
+    shutil.copytree(out, out2)
+    cached = out2 / "evaluator.pt"
+    state = torch.load(cached, weights_only=True)
+    assert state["fit_version"] == FIT_VERSION and "clean" in state["sanity"]
+    state.pop("fit_version")                                    # as written before the version existed
+    torch.save(state, cached)
+    quick = FitConfig(epochs=1, ae_epochs=0, jitter_weight=0.0, sizes={**FitConfig().sizes, **TINY}, threads=1)
+    assert ensure_evaluator(root, out2, progress=False, cfg=quick, log=lambda *_: None) == cached
+    assert torch.load(cached, weights_only=True)["fit_version"] == FIT_VERSION

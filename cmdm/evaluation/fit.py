@@ -2,7 +2,8 @@
 
     python -m cmdm.evaluation.fit --data data/synthetic --out data/synthetic_evaluator [--epochs 10 --seed 0]
 
-Same networks and loss as the HumanML3D evaluator of Guo et al. 2022, a quarter of its width, two phases:
+Same networks and loss as the HumanML3D evaluator of Guo et al. 2022 (plus jittered negatives, below), a
+quarter of its width, two phases:
 
   1. Movement autoencoder, as the reference (which trains its movement encoder inside a motion
      autoencoder before the matching stage, then freezes it): the convolutional movement encoder
@@ -18,6 +19,12 @@ Same networks and loss as the HumanML3D evaluator of Guo et al. 2022, a quarter 
      "negative" is sometimes the positive itself; we skip 0. We also drop negative pairs whose two
      captions are the same sentence: templated data repeats captions, and those are not negatives.)
      The model of the epoch with the lowest validation loss is kept, as the reference's `finest`.
+     Jittered negatives (not in the reference; FitConfig.jitter_weight=0 turns them off): each caption
+     is also pushed to distance >= jitter_margin from its own clip with i.i.d. joint jitter (sigma
+     log-uniform in 0.005-0.1 m, added in joint space and converted back with extract_features). The
+     reference's loss alone learns only what captions tell apart, so its embedding barely moved under
+     1 cm of jitter (FID x1.09, see the sanity table); a metric that picks models must see it.
+     The network layout is unchanged, so the official weights still load.
 
 Text side without GloVe: a word embedding learned over the training captions' vocabulary (with
 the reference's sos/eos/unk and VIP-POS rules), fed to the same bi-GRU text encoder. We do not use
@@ -26,7 +33,8 @@ generator's text encoder would reward the generator for that encoder's quirks, n
 
 The result, `evaluator.pt` (written atomically), holds the three encoders' state dicts, the sizes,
 the vocabulary and its learned vectors, the evaluator's own mean/std (per feature group, as
-HumanML3D computes them), a fingerprint of the data, and the measured quality table on the test split.
+HumanML3D computes them), a fingerprint of the data, the measured quality table on the test split, and
+the sanity table of cmdm.evaluation.sanity (FID/Top-1 of corrupted test motions), which the fit prints.
 """
 from __future__ import annotations
 
@@ -58,6 +66,9 @@ SMALL_SIZES = EvaluatorSizes(dim_movement_enc_hidden=128, dim_movement_latent=12
                              dim_word=128, dim_text_hidden=256, dim_coemb=128)
 # HumanML3D's feature groups (root yaw vel, root xz vel, root y, ric 21x3, rot 21x6, vel 22x3, foot 4):
 # one std per group keeps near-constant single dims from being blown up.
+# Version of how the evaluator is fitted: ensure_evaluator refits a cached evaluator.pt of another version.
+# 2: jittered negatives (FitConfig.jitter_*) and the sanity table (cmdm.evaluation.sanity).
+FIT_VERSION = 2
 FEATURE_GROUPS = ((0, 1), (1, 3), (3, 4), (4, 67), (67, 193), (193, 259), (259, 263))
 
 
@@ -73,6 +84,11 @@ class FitConfig:
     grad_clip: float = 0.5           # as the reference
     crops_per_clip: int = 3          # augmented crops per clip whose movement features are pre-computed
     negatives: str = "shift"         # 'shift' (reference: one shifted batch) or 'all' (every other clip of the batch)
+    # Jittered negatives: caption i is also pushed away from its own clip with joint jitter (sigma log-uniform
+    # in jitter_range metres, applied in joint space), so the co-embedding moves when a motion visibly shakes.
+    jitter_weight: float = 1.0       # weight of that hinge term (0: the reference's loss only)
+    jitter_margin: float = 5.0       # its margin: d(t_i, jittered m_i) >= jitter_margin
+    jitter_range: tuple = (0.005, 0.1)
     threads: int = 0                 # torch CPU threads while fitting; 0 = leave torch's setting
     seed: int = 0
     min_motion_len: int = 40
@@ -245,12 +261,12 @@ def _pretrain_movement(ev: Evaluator, train: Clips, cfg: FitConfig, rng, progres
     ev.movement_encoder.requires_grad_(False)
 
 
-def _run_epoch(ev, clips, banks, word_emb, opt, cfg, rng, train: bool):
+def _run_epoch(ev, clips, banks, word_emb, opt, cfg, rng, train: bool, jitter_banks=None):
     """One pass over a split in batches (drop_last); each clip uses one of its pre-computed crops."""
     order = rng.permutation(len(clips))
     feats, steps = banks
     n_batches = len(order) // cfg.batch_size
-    totals = np.zeros(2)
+    totals = np.zeros(3)
     for b in range(n_batches):
         idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
         variant = torch.from_numpy(rng.integers(0, feats.shape[1], len(idx)))
@@ -261,13 +277,18 @@ def _run_epoch(ev, clips, banks, word_emb, opt, cfg, rng, train: bool):
             m = ev.motion_encoder(mv, m_steps)
             t = ev.text_forward(rows, pos, lens, word_vectors=word_emb.weight)
             lp, ln = matching_loss(t, m, texts, cfg.margin, rng, cfg.negatives)
-            loss = lp + ln
+            lj = torch.zeros(())
+            if jitter_banks is not None:
+                jv = torch.from_numpy(rng.integers(0, jitter_banks[0].shape[1], len(idx)))
+                mj = ev.motion_encoder(jitter_banks[0][idx_t, jv].to(ev.device), jitter_banks[1][idx_t, jv])
+                lj = (cfg.jitter_margin - (t - mj).pow(2).sum(-1).clamp(min=1e-12).sqrt()).clamp(min=0).pow(2).mean()
+            loss = lp + ln + cfg.jitter_weight * lj
         if train:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
             opt.step()
-        totals += (lp.item(), ln.item())
+        totals += (lp.item(), ln.item(), cfg.jitter_weight * lj.item())
     return totals / max(1, n_batches)
 
 
@@ -275,6 +296,21 @@ def _banks(ev: Evaluator, clips: Clips, variants: int, rng):
     """`variants` augmented crops per clip -> movement features (N, V, T/4, C) and steps (N, V)."""
     s = ev.sizes
     per = [movement_bank(ev, clips.crops(rng, s.unit_length, s.max_motion_length)) for _ in range(variants)]
+    width = max(f.shape[1] for f, _ in per)
+    feats = torch.stack([torch.nn.functional.pad(f, (0, 0, 0, width - f.shape[1])) for f, _ in per], 1)
+    return feats, torch.stack([s for _, s in per], 1)
+
+
+def _jitter_banks(ev: Evaluator, clips: Clips, variants: int, cfg: FitConfig, rng):
+    """Like _banks, each crop with joint jitter of a log-uniform sigma in cfg.jitter_range (metres)."""
+    from cmdm.evaluation.sanity import corrupt_jitter
+    s = ev.sizes
+    lo, hi = np.log(cfg.jitter_range[0]), np.log(cfg.jitter_range[1])
+    per = []
+    for _ in range(variants):
+        crops = [(corrupt_jitter(m, rng, float(np.exp(rng.uniform(lo, hi)))), n)
+                 for m, n in clips.crops(rng, s.unit_length, s.max_motion_length)]
+        per.append(movement_bank(ev, crops))
     width = max(f.shape[1] for f, _ in per)
     feats = torch.stack([torch.nn.functional.pad(f, (0, 0, 0, width - f.shape[1])) for f, _ in per], 1)
     return feats, torch.stack([s for _, s in per], 1)
@@ -359,6 +395,12 @@ def _fit(data_root, out_dir, cfg: FitConfig, progress: bool, log) -> Path:
     # computed once, and the matching epochs only run the two GRU encoders.
     train_banks = _banks(ev, train, cfg.crops_per_clip, rng)
     val_banks = _banks(ev, val, 1, np.random.default_rng(cfg.seed + 1)) if val is not None else None
+    train_jitter = val_jitter = None
+    if cfg.jitter_weight > 0:
+        train_jitter = _jitter_banks(ev, train, 1, cfg, rng)
+        if val is not None:
+            val_jitter = _jitter_banks(ev, val, 1, cfg, np.random.default_rng(cfg.seed + 2))
+        log(f"[fit] jittered negatives: {len(train)} train crops ({time.time() - t0:.0f} s)")
 
     params = list(ev.motion_encoder.parameters()) + list(ev.text_encoder.parameters()) + list(word_emb.parameters())
     opt = torch.optim.Adam(params, lr=cfg.lr)
@@ -367,16 +409,17 @@ def _fit(data_root, out_dir, cfg: FitConfig, progress: bool, log) -> Path:
     bar = tqdm(range(cfg.epochs), desc="evaluator matching", disable=not progress)
     for epoch in bar:
         ev.motion_encoder.train(), ev.text_encoder.train()
-        lp, ln = _run_epoch(ev, train, train_banks, word_emb, opt, cfg, rng, train=True)
+        lp, ln, lj = _run_epoch(ev, train, train_banks, word_emb, opt, cfg, rng, train=True, jitter_banks=train_jitter)
         sched.step()
         ev.motion_encoder.eval(), ev.text_encoder.eval()
-        score = lp + ln
+        score = lp + ln + lj
         if val is not None:  # selection by validation loss, as the reference keeps its 'finest' model
-            score = sum(_run_epoch(ev, val, val_banks, word_emb, None, cfg, np.random.default_rng(epoch), train=False))
+            score = sum(_run_epoch(ev, val, val_banks, word_emb, None, cfg, np.random.default_rng(epoch), train=False,
+                                   jitter_banks=val_jitter))
         if score <= best_loss:
             best_loss, best_epoch = score, epoch + 1
             best = copy.deepcopy([ev.motion_encoder.state_dict(), ev.text_encoder.state_dict(), word_emb.state_dict()])
-        bar.set_postfix(pos=f"{lp:.3f}", neg=f"{ln:.3f}", val=f"{score:.3f}")
+        bar.set_postfix(pos=f"{lp:.3f}", neg=f"{ln:.3f}", jit=f"{lj:.3f}", val=f"{score:.3f}")
     log(f"[fit] matching: {cfg.epochs} epochs, best (val loss) epoch {best_epoch} ({time.time() - t0:.0f} s)")
     if best is not None:
         ev.motion_encoder.load_state_dict(best[0])
@@ -385,11 +428,15 @@ def _fit(data_root, out_dir, cfg: FitConfig, progress: bool, log) -> Path:
     ev.word_vectors = word_emb.weight.detach().clone().to(ev.device)
     wall = time.time() - t0
 
-    table = {}
+    table, sanity_rows = {}, {}
     if (Path(data_root) / "test.txt").is_file():
         test = Clips(data_root, "test", vocab, cfg, progress)
         if len(test) >= 32:
             table = quality_table(ev, train, test, seed=cfg.seed)
+            from cmdm.evaluation import sanity
+            sanity_rows = sanity.sanity_table(ev, train.motions, test.motions, [c[0].tokens for c in test.captions],
+                                              seed=cfg.seed)
+            log("[fit] sanity table (cmdm.evaluation.sanity):\n" + sanity.format_sanity(sanity_rows))
     table["fit_seconds"] = wall
     state = {
         "format": FORMAT, "version": FORMAT_VERSION,
@@ -400,7 +447,7 @@ def _fit(data_root, out_dir, cfg: FitConfig, progress: bool, log) -> Path:
         "vocab": vocab.words(), "word_vectors": ev.word_vectors.cpu(),
         "mean": torch.from_numpy(mean), "std": torch.from_numpy(std),
         "fingerprint": data_fingerprint(data_root), "data_root": str(Path(data_root).resolve()),
-        "epoch": best_epoch, "metrics": table,
+        "epoch": best_epoch, "metrics": table, "sanity": sanity_rows, "fit_version": FIT_VERSION,
     }
     path = Path(out_dir) / EVALUATOR_FILE
     atomic_torch_save(state, path)
@@ -434,9 +481,13 @@ def ensure_evaluator(data_root: str | Path, out_dir: str | Path, progress: bool 
         fingerprint = data_fingerprint(data_root)
         if path.is_file():
             try:
-                if read_checkpoint(path).get("fingerprint") == fingerprint:
+                cached = read_checkpoint(path)
+                if cached.get("fingerprint") == fingerprint and cached.get("fit_version", 1) == FIT_VERSION:
                     return path
-                log(f"[fit] {path} was fitted on other data; fitting a new evaluator for {data_root}")
+                if cached.get("fingerprint") == fingerprint:
+                    log(f"[fit] {path} was fitted by fit version {cached.get('fit_version', 1)}, not {FIT_VERSION}; refitting")
+                else:
+                    log(f"[fit] {path} was fitted on other data; fitting a new evaluator for {data_root}")
             except Exception as err:  # unreadable cache: rebuild it
                 log(f"[fit] {path} is unreadable ({err}); fitting a new evaluator")
         return fit(data_root, out_dir, cfg or FitConfig(), progress=progress, log=log)
@@ -464,6 +515,8 @@ def main(argv=None):
     p.add_argument("--lr", type=positive(float), default=d.lr)
     p.add_argument("--negatives", choices=("shift", "all"), default=d.negatives,
                    help="shift: one shifted batch (the reference); all: every other clip of the batch")
+    p.add_argument("--jitter-weight", type=number(float, 0.0), default=d.jitter_weight,
+                   help="weight of the jittered negatives (0 = the reference's loss only)")
     p.add_argument("--threads", type=number(int, 0), default=d.threads,
                    help="torch CPU threads (0 = torch's default; 1 is faster on a CPU shared with other jobs)")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -483,7 +536,7 @@ def main(argv=None):
         print(f"error: {problem}", file=sys.stderr)
         return 2
     cfg = FitConfig(epochs=a.epochs, ae_epochs=a.ae_epochs, batch_size=a.batch_size, lr=a.lr,
-                    negatives=a.negatives, threads=a.threads, seed=a.seed)
+                    negatives=a.negatives, jitter_weight=a.jitter_weight, threads=a.threads, seed=a.seed)
     try:
         path = fit(a.data, a.out, cfg, progress=not a.quiet)
     except DataError as err:
