@@ -117,9 +117,8 @@ def test_evaluate_loads_an_official_state_dict_with_config(tmp_path, monkeypatch
     monkeypatch.setattr(cmdm_mod, "TextEncoder", FakeClip)
     ckpt = tmp_path / "model600000.pt"
     torch.save(rule_state_dict("module."), ckpt)
-    cfg, model, _ = load_for_evaluation(str(ckpt), "configs/stable.yaml", [
-        "model.arch=trans_enc", "model.condition_embedder.use_cross_attn_pooling=false",
-        "model.text_model.name=ViT-B/32", "model.dropout=0.1", f"data.root={tmp_path}"])
+    cfg, model, _ = load_for_evaluation(str(ckpt), "configs/afford_motion.yaml", [
+        "model.text_model.name=ViT-B/32", f"data.root={tmp_path}"])
     assert cfg.model.contact_model.arch == "point_transformer"
     assert isinstance(model.contact_encoder, pt.SceneMapEncoder)
 
@@ -141,3 +140,16 @@ def test_set_only_mode_keeps_the_kernels_neighbour_sets():
         exact, _ = pt.knn_query(p, p, k)
         loose, _ = pt.knn_query(p, p, k, exact_order=False)
         assert torch.equal(exact.sort(-1).values, loose.sort(-1).values)
+
+
+def test_afford_motion_yaml_builds_their_module():
+    """configs/afford_motion.yaml is afford-motion's CMDM: its state dict has their keys and shapes (the text
+    adapter's input width is the text model's: 512 for CLIP, 384 for the MiniLM this test builds with)."""
+    from cmdm.config import load_config
+    from cmdm.model import build_model
+    cfg = load_config("configs/afford_motion.yaml", ["model.text_model.name=all-minilm-l6-v2"])
+    mine = {k: tuple(v.shape) for k, v in build_model(cfg, load_text_encoder=False).state_dict().items()
+            if not k.endswith(".pe")}
+    theirs = {e["key"]: tuple(e["shape"]) for e in official_keys() if not e["key"].endswith(".pe")}
+    assert theirs.pop("language_adapter.weight") == (512, 512) and mine.pop("language_adapter.weight") == (512, 384)
+    assert mine == theirs
