@@ -20,8 +20,10 @@ quarter of its width, two phases:
      captions are the same sentence: templated data repeats captions, and those are not negatives.)
      The model of the epoch with the lowest validation loss is kept, as the reference's `finest`.
      Jittered negatives (not in the reference; FitConfig.jitter_weight=0 turns them off): each caption
-     is also pushed to distance >= jitter_margin from its own clip with i.i.d. joint jitter (sigma
-     log-uniform in 0.005-0.1 m, added in joint space and converted back with extract_features). The
+     is also pushed to distance >= jitter_margin * sqrt(sigma / 0.1 m) from its own clip with i.i.d.
+     joint jitter (sigma log-uniform in 0.005-0.1 m, added in joint space and converted back with
+     extract_features); the margin grows with sigma so that more jitter lands further away (with one
+     margin for all, 3 cm and 10 cm of jitter landed in the same place: FID 170 vs 167). The
      reference's loss alone learns only what captions tell apart, so its embedding barely moved under
      1 cm of jitter (FID x1.09, see the sanity table); a metric that picks models must see it.
      The network layout is unchanged, so the official weights still load.
@@ -68,7 +70,8 @@ SMALL_SIZES = EvaluatorSizes(dim_movement_enc_hidden=128, dim_movement_latent=12
 # one std per group keeps near-constant single dims from being blown up.
 # Version of how the evaluator is fitted: ensure_evaluator refits a cached evaluator.pt of another version.
 # 2: jittered negatives (FitConfig.jitter_*) and the sanity table (cmdm.evaluation.sanity).
-FIT_VERSION = 2
+# 3: the jitter margin grows with sigma (sqrt(sigma / max)), so more jitter lands further away.
+FIT_VERSION = 3
 FEATURE_GROUPS = ((0, 1), (1, 3), (3, 4), (4, 67), (67, 193), (193, 259), (259, 263))
 
 
@@ -87,7 +90,7 @@ class FitConfig:
     # Jittered negatives: caption i is also pushed away from its own clip with joint jitter (sigma log-uniform
     # in jitter_range metres, applied in joint space), so the co-embedding moves when a motion visibly shakes.
     jitter_weight: float = 1.0       # weight of that hinge term (0: the reference's loss only)
-    jitter_margin: float = 5.0       # its margin: d(t_i, jittered m_i) >= jitter_margin
+    jitter_margin: float = 10.0      # its margin at sigma = jitter_range[1]: d(t_i, jittered m_i) >= margin * sqrt(sigma / max)
     jitter_range: tuple = (0.005, 0.1)
     threads: int = 0                 # torch CPU threads while fitting; 0 = leave torch's setting
     seed: int = 0
@@ -281,7 +284,8 @@ def _run_epoch(ev, clips, banks, word_emb, opt, cfg, rng, train: bool, jitter_ba
             if jitter_banks is not None:
                 jv = torch.from_numpy(rng.integers(0, jitter_banks[0].shape[1], len(idx)))
                 mj = ev.motion_encoder(jitter_banks[0][idx_t, jv].to(ev.device), jitter_banks[1][idx_t, jv])
-                lj = (cfg.jitter_margin - (t - mj).pow(2).sum(-1).clamp(min=1e-12).sqrt()).clamp(min=0).pow(2).mean()
+                margin = jitter_banks[2][idx_t, jv].to(ev.device)          # grows with the crop's sigma
+                lj = (margin - (t - mj).pow(2).sum(-1).clamp(min=1e-12).sqrt()).clamp(min=0).pow(2).mean()
             loss = lp + ln + cfg.jitter_weight * lj
         if train:
             opt.zero_grad(set_to_none=True)
@@ -302,18 +306,21 @@ def _banks(ev: Evaluator, clips: Clips, variants: int, rng):
 
 
 def _jitter_banks(ev: Evaluator, clips: Clips, variants: int, cfg: FitConfig, rng):
-    """Like _banks, each crop with joint jitter of a log-uniform sigma in cfg.jitter_range (metres)."""
+    """Like _banks, each crop with joint jitter of a log-uniform sigma in cfg.jitter_range (metres); also
+    returns each crop's margin (N, V), cfg.jitter_margin * sqrt(sigma / jitter_range[1])."""
     from cmdm.evaluation.sanity import corrupt_jitter
     s = ev.sizes
     lo, hi = np.log(cfg.jitter_range[0]), np.log(cfg.jitter_range[1])
-    per = []
+    per, sigmas = [], []
     for _ in range(variants):
-        crops = [(corrupt_jitter(m, rng, float(np.exp(rng.uniform(lo, hi)))), n)
-                 for m, n in clips.crops(rng, s.unit_length, s.max_motion_length)]
-        per.append(movement_bank(ev, crops))
+        crops = clips.crops(rng, s.unit_length, s.max_motion_length)
+        sigma = np.exp(rng.uniform(lo, hi, len(crops)))
+        per.append(movement_bank(ev, [(corrupt_jitter(m, rng, float(g)), n) for (m, n), g in zip(crops, sigma)]))
+        sigmas.append(sigma)
     width = max(f.shape[1] for f, _ in per)
     feats = torch.stack([torch.nn.functional.pad(f, (0, 0, 0, width - f.shape[1])) for f, _ in per], 1)
-    return feats, torch.stack([s for _, s in per], 1)
+    margins = cfg.jitter_margin * np.sqrt(np.stack(sigmas, 1) / cfg.jitter_range[1])
+    return feats, torch.stack([s for _, s in per], 1), torch.from_numpy(margins.astype(np.float32))
 
 
 def embed_clips(ev: Evaluator, clips: Clips):
