@@ -153,3 +153,24 @@ def test_afford_motion_yaml_builds_their_module():
     theirs = {e["key"]: tuple(e["shape"]) for e in official_keys() if not e["key"].endswith(".pe")}
     assert theirs.pop("language_adapter.weight") == (512, 512) and mine.pop("language_adapter.weight") == (512, 384)
     assert mine == theirs
+
+
+def test_resume_from_accepts_an_official_state_dict_up_front(tmp_path, monkeypatch):
+    """`train_ray.py configs/afford_motion.yaml --resume-from model.pt`: the driver's up-front check (the one
+    run before data and Ray) accepts an official `module.`-prefixed state dict strictly, and refuses it under
+    the stable (dit) config. The frozen CLIP is stubbed: only its width (512) matters here."""
+    import cmdm.model.cmdm as cmdm_mod
+    from cmdm.config import load_config
+    from cmdm.train import RunError, check_init_from
+
+    class FakeClip:
+        dim = 512
+
+        def __init__(self, *a, **k):
+            pass
+    monkeypatch.setattr(cmdm_mod, "TextEncoder", FakeClip)
+    ckpt = tmp_path / "model600000.pt"
+    torch.save(rule_state_dict("module."), ckpt)
+    check_init_from(load_config("configs/afford_motion.yaml", ["model.text_model.name=ViT-B/32"]), str(ckpt), False)
+    with pytest.raises(RunError, match="--partial"):
+        check_init_from(load_config("configs/stable.yaml", ["model.text_model.name=ViT-B/32"]), str(ckpt), False)
