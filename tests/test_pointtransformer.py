@@ -103,11 +103,9 @@ def test_forward_equals_afford_motions_recorded_output():
     assert np.abs(out.numpy() - golden["forward"]).max() <= 1e-5
 
 
-def test_evaluate_loads_an_official_state_dict_with_config(tmp_path, monkeypatch):
-    """`python -m cmdm.evaluate --config` path: an official state dict (no config inside) loads strictly.
-    The frozen CLIP is stubbed (it is not in state dicts); only its width (512) matters here."""
+def stub_clip(monkeypatch):
+    """The frozen CLIP text encoder is not part of a state dict: a stand-in with its width (512) only."""
     import cmdm.model.cmdm as cmdm_mod
-    from cmdm.evaluate import load_for_evaluation
 
     class FakeClip:
         dim = 512
@@ -115,6 +113,14 @@ def test_evaluate_loads_an_official_state_dict_with_config(tmp_path, monkeypatch
         def __init__(self, *a, **k):
             pass
     monkeypatch.setattr(cmdm_mod, "TextEncoder", FakeClip)
+
+
+def test_evaluate_loads_an_official_state_dict_with_config(tmp_path, monkeypatch):
+    """`python -m cmdm.evaluate --config` path: an official state dict (no config inside) loads strictly.
+    The frozen CLIP is stubbed (it is not in state dicts); only its width (512) matters here."""
+    from cmdm.evaluate import load_for_evaluation
+
+    stub_clip(monkeypatch)
     ckpt = tmp_path / "model600000.pt"
     torch.save(rule_state_dict("module."), ckpt)
     cfg, model, _ = load_for_evaluation(str(ckpt), "configs/afford_motion.yaml", [
@@ -159,16 +165,10 @@ def test_resume_from_accepts_an_official_state_dict_up_front(tmp_path, monkeypat
     """`train_ray.py configs/afford_motion.yaml --resume-from model.pt`: the driver's up-front check (the one
     run before data and Ray) accepts an official `module.`-prefixed state dict strictly, and refuses it under
     the stable (dit) config. The frozen CLIP is stubbed: only its width (512) matters here."""
-    import cmdm.model.cmdm as cmdm_mod
     from cmdm.config import load_config
     from cmdm.train import RunError, check_init_from
 
-    class FakeClip:
-        dim = 512
-
-        def __init__(self, *a, **k):
-            pass
-    monkeypatch.setattr(cmdm_mod, "TextEncoder", FakeClip)
+    stub_clip(monkeypatch)
     ckpt = tmp_path / "model600000.pt"
     torch.save(rule_state_dict("module."), ckpt)
     check_init_from(load_config("configs/afford_motion.yaml", ["model.text_model.name=ViT-B/32"]), str(ckpt), False)
