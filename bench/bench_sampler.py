@@ -25,7 +25,7 @@ def main():
     args = p.parse_args()
 
     from cmdm.data.humanml3d import dataset_from_config
-    from cmdm.evaluate import embed_generations, eval_indices, load_for_evaluation, score
+    from cmdm.evaluation.generate import embed_generations, eval_indices, load_for_evaluation, score
     from cmdm.evaluation.evaluator import load_evaluator
     cfg, model, diffusion = load_for_evaluation(args.checkpoint, None)
     evaluator = load_evaluator(cfg)

@@ -28,7 +28,8 @@ def plain_loop(cfg, epochs: int) -> tuple[float, list[float]]:
     from cmdm.data.humanml3d import collate, dataset_from_config
     from cmdm.diffusion import build_diffusion
     from cmdm.model import build_model
-    from cmdm.train import TrainStep, load_text_cache, lr_factor
+    from cmdm.model.text import load_text_cache
+    from cmdm.train import TrainStep, lr_factor
 
     t0 = time.time()
     torch.manual_seed(cfg.seed)
@@ -79,7 +80,8 @@ def main():
     p.add_argument("overrides", nargs="*")
     args = p.parse_intermixed_args()
     from cmdm.config import load_config
-    from cmdm.train import absolute_paths, prepare
+    from cmdm.config import absolute_paths
+    from cmdm.prepare import prepare
     # The last epoch evaluates in train_ray.py; (b) runs one epoch more and drops it from the comparison.
     cfg = absolute_paths(load_config(args.config, args.overrides))
     prepare(cfg)

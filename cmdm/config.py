@@ -24,6 +24,7 @@ import operator
 import os
 import sys
 import typing
+from pathlib import Path
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Sequence
@@ -775,3 +776,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """Workers may run in another directory (or on another node): hand them absolute paths."""
+    return update_config(cfg, {
+        "output_root": str(Path(cfg.output_root).expanduser().resolve()),
+        "data.root": str(Path(cfg.data.root).expanduser().resolve()),
+        "evaluation.evaluator_dir": str(Path(cfg.evaluation.evaluator_dir).expanduser().resolve()),
+        "evaluation.glove_dir": str(Path(cfg.evaluation.glove_dir).expanduser().resolve()),
+    }, source="resolved paths")

@@ -487,7 +487,7 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
                            f", but each trial keeps its model_best.pt by the sweep's metric ({metric})",
                            "Remove it from `overrides:` (or set `metric:` to it).")
             cfg = update_config(cfg, {"training.best_metric": metric}, source=f"{path} (metric)")
-        from cmdm.train import absolute_paths
+        from cmdm.config import absolute_paths
         sweep.base_config = absolute_paths(cfg)
     except ConfigError as exc:
         raise SweepError(f"{path}: a trial config would be invalid: {exc}") from None

@@ -19,7 +19,6 @@ Outputs (the layout users of the guide know):
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import math
@@ -37,12 +36,15 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from cmdm.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_text, torch_bytes
-from cmdm.config import Config, config_from_dict, config_hash, config_to_dict, save_config
+from cmdm.atomic import atomic_torch_save, atomic_write_text
+from cmdm.config import Config, absolute_paths, config_from_dict, config_hash, config_to_dict, save_config
 from cmdm.data.humanml3d import collate, dataset_from_config
 from cmdm.evaluation.metrics import LOWER_IS_BETTER   # which way each metric is better
+from cmdm.model.text import load_text_cache
+from cmdm.prepare import check_data_root, prepare
+from cmdm.ray_cluster import check_ray_token_settings, ray_is_up, start_ray
+from cmdm.run_files import CHECKPOINT_VERSION, RunFiles, reconcile_best, save_best
 
-CHECKPOINT_VERSION = 1
 
 
 # ----------------------------------------------------------------------------
@@ -124,86 +126,8 @@ class BestTracker:
 
 
 # ----------------------------------------------------------------------------
-# Files: the output folder and the best pair
+# Logging
 # ----------------------------------------------------------------------------
-
-class RunFiles:
-    """Paths of one run's output folder."""
-
-    def __init__(self, run_dir):
-        self.root = Path(run_dir)
-        self.logs = self.root / "logs"
-        self.checkpoints = self.root / "checkpoints"
-        self.log_file = self.logs / "runtime.log"
-        self.last = self.checkpoints / "last.pt"
-        self.best = self.checkpoints / "model_best.pt"
-        self.best_json = self.checkpoints / "best_metrics.json"
-        self.config = self.root / "config.yaml"
-        self.status = self.root / "status.json"      # how the run ended, for the driver and for people
-        self.ray = self.root / "ray"
-
-
-def save_best(files: RunFiles, model_state: dict, record: dict, cfg: Config) -> None:
-    """model_best.pt first (it embeds the metrics), then best_metrics.json, which is the same record plus the
-    sha256 of the model_best.pt it describes: each rename is atomic, a reader (`read_best`) tells whether the
-    two belong together, and after a crash between the renames the .pt's own record is the truth."""
-    data = torch_bytes({"model": model_state, "config": config_to_dict(cfg), "metrics": record,
-                        "format": "cmdm-checkpoint", "version": CHECKPOINT_VERSION})
-    atomic_write_bytes(files.best, data)
-    atomic_write_text(files.best_json, best_json_text(record, hashlib.sha256(data).hexdigest()))
-
-
-def best_json_text(record: dict, checkpoint_sha256: str) -> str:
-    return json.dumps({**record, "checkpoint_sha256": checkpoint_sha256}, indent=2) + "\n"
-
-
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def read_best(checkpoints_dir) -> dict | None:
-    """The record of checkpoints_dir/model_best.pt, or None when there is no readable model_best.pt.
-
-    best_metrics.json is used when its `checkpoint_sha256` is the hash of the model_best.pt beside it;
-    otherwise (a crash between the two writes, a json of an older best, a missing or broken json) the
-    record embedded in model_best.pt is returned. The result carries the `checkpoint_sha256` it was
-    checked against, so a copy of the pair can be checked again."""
-    from cmdm.model.checkpoint import CheckpointError, read_checkpoint
-    best, best_json = Path(checkpoints_dir) / "model_best.pt", Path(checkpoints_dir) / "best_metrics.json"
-    if not best.is_file():
-        return None
-    sha = file_sha256(best)
-    try:
-        on_disk = json.loads(best_json.read_text())
-    except (OSError, ValueError):
-        on_disk = None
-    if isinstance(on_disk, dict) and on_disk.get("checkpoint_sha256") == sha:
-        return on_disk
-    try:
-        obj = read_checkpoint(best)
-    except CheckpointError:
-        return None
-    record = obj.get("metrics") if isinstance(obj, dict) else None
-    return {**record, "checkpoint_sha256": sha} if isinstance(record, dict) else None
-
-
-def reconcile_best(files: RunFiles) -> dict | None:
-    """The best record as model_best.pt holds it; rewrites best_metrics.json when it does not match the .pt."""
-    record = read_best(files.checkpoints)
-    if record is None:
-        return None
-    try:
-        on_disk = json.loads(files.best_json.read_text())
-    except (OSError, ValueError):
-        on_disk = None
-    if on_disk != record:
-        atomic_write_text(files.best_json, json.dumps(record, indent=2) + "\n")
-    return {k: v for k, v in record.items() if k != "checkpoint_sha256"}
-
 
 def make_logger(path: Path | None) -> logging.Logger:
     """runtime.log (+ stdout) on rank 0; other ranks log nothing."""
@@ -314,7 +238,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train.torch as ray_torch
 
     from cmdm.diffusion import build_diffusion
-    from cmdm.evaluate import embed_generations, eval_indices, merge_shards, score
+    from cmdm.evaluation.generate import embed_generations, eval_indices, merge_shards, score
     from cmdm.evaluation.evaluator import load_evaluator
     from cmdm.model import build_model, load_model_weights
 
@@ -564,17 +488,6 @@ def _log_sample(writer, sample, step) -> None:
 # The driver: prepare data and evaluator once, start (or join) Ray, run the TorchTrainer
 # ----------------------------------------------------------------------------
 
-def absolute_paths(cfg: Config) -> Config:
-    """Workers may run in another directory (or on another node): hand them absolute paths."""
-    from cmdm.config import update_config
-    return update_config(cfg, {
-        "output_root": str(Path(cfg.output_root).expanduser().resolve()),
-        "data.root": str(Path(cfg.data.root).expanduser().resolve()),
-        "evaluation.evaluator_dir": str(Path(cfg.evaluation.evaluator_dir).expanduser().resolve()),
-        "evaluation.glove_dir": str(Path(cfg.evaluation.glove_dir).expanduser().resolve()),
-    }, source="resolved paths")
-
-
 class RunError(Exception):
     """A run that must not start (its folder's last.pt, its --resume-from weights): one paragraph, the fix."""
 
@@ -644,161 +557,6 @@ def check_init_from(cfg: Config, init_from: str | None, partial: bool) -> None:
             from None
 
 
-RAY_TOKEN_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")   # a token setting of the user's
-
-
-def ray_token_file() -> Path:
-    """Where Ray 2.60 keeps the token of a local Ray (what `ray get-auth-token` prints)."""
-    return Path.home() / ".ray" / "auth_token"
-
-
-def check_ray_token_settings() -> None:
-    """Before anything is prepared: a token file named in RAY_AUTH_TOKEN_PATH that Ray cannot read would only
-    fail once Ray starts, deep in ray.init."""
-    named = os.environ.get("RAY_AUTH_TOKEN_PATH")
-    if not named or os.environ.get("RAY_AUTH_TOKEN"):
-        return
-    path = Path(named).expanduser()
-    try:
-        ok = path.is_file() and path.read_text().strip() != ""
-    except OSError:
-        ok = False
-    if not ok:
-        print(f"error: RAY_AUTH_TOKEN_PATH={named}: no token there ({'an empty file' if path.is_file() else 'no such file'}"
-              "). Point it at the file holding the Ray token (one line, e.g. the output of `ray get-auth-token "
-              "--generate`), or unset RAY_AUTH_TOKEN_PATH to use ~/.ray/auth_token.", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def ensure_private_ray_token(log=print) -> Path | None:
-    """Ray asks every client of a local Ray (its gRPC ports, the dashboard, the job API) for a token. On loopback
-    the token is what keeps the other users of this machine out, but Ray writes ~/.ray/auth_token with the
-    umask (0644 under the usual 022). So write it first, readable by its owner only. A token file already
-    there is left as it is (with a warning if others may read it); so is a token the user set in RAY_AUTH_*."""
-    if any(os.environ.get(v) for v in RAY_TOKEN_VARIABLES):
-        return None
-    path = ray_token_file()
-    if not path.exists():
-        import secrets
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".auth_token.")     # mode 0600
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_hex(32))                                # 256 bits, as Ray's own
-            os.link(tmp, path)                # whole file or none, and never over a token written meanwhile
-        except FileExistsError:
-            pass
-        finally:
-            os.unlink(tmp)
-    elif path.stat().st_mode & 0o077:
-        log(f"[ray] {path}, the token of the local Ray, is readable by other users: chmod 600 {path}")
-    return path
-
-
-def start_ray(address: str, num_cpus: int | None = None, resources: dict | None = None, log=print):
-    """Join a cluster (address) or start a local Ray that listens on 127.0.0.1 only; returns the dashboard URL.
-
-    A local Ray binds its servers (GCS, raylet, workers, dashboard and its agent with the job API, metrics) to
-    the node's IP address, which on Linux Ray takes from the network interface (all interfaces for the gRPC
-    servers). With clusters off (Ray's setting for macOS and Windows, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read
-    when ray is first imported) the node's address is 127.0.0.1 and every one of them binds to loopback."""
-    import ipaddress
-
-    import ray
-    from ray._private import ray_constants
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")   # 2 s default throttles reports
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    if ray.is_initialized():
-        return None
-    if address:
-        ctx = ray.init(address=address, log_to_driver=True)
-    else:
-        ray_constants.ENABLE_RAY_CLUSTER = False    # what RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 sets at import
-        ensure_private_ray_token(log=log)
-        ctx = ray.init(num_cpus=num_cpus, resources=resources, include_dashboard=True, dashboard_host="127.0.0.1",
-                       log_to_driver=True)
-        node_ip = ray.util.get_node_ip_address()
-        if not ipaddress.ip_address(node_ip).is_loopback:
-            log(f"[ray] warning: the local Ray took the address {node_ip}, not 127.0.0.1: its ports may be reachable "
-                "from the network (this Ray version may not know ray_constants.ENABLE_RAY_CLUSTER).")
-    url = getattr(ctx, "dashboard_url", None)
-    return f"http://{url}" if url and not url.startswith("http") else url
-
-
-def check_data_root(cfg: Config) -> None:
-    """The instant part of `prepare`: a missing HumanML3D folder is said before anything else is checked."""
-    from cmdm.data.humanml3d import DataError
-    if cfg.data.name != "synthetic" and not Path(cfg.data.root).is_dir():
-        raise DataError(f"HumanML3D folder {cfg.data.root} (data.root) does not exist. Get HumanML3D from "
-                        "https://github.com/EricGuo5513/HumanML3D and put it there (or set data.root=...), "
-                        "or try the embedded dataset: python train_ray.py configs/demo.yaml")
-
-
-def prepare(cfg: Config, log=print) -> None:
-    """Make sure the data and the evaluator exist before any worker starts (once, in the driver)."""
-    from cmdm.data.humanml3d import DataError, check_dataset
-    from cmdm.evaluation.evaluator import load_evaluator
-    check_data_root(cfg)
-    check_text_model(cfg)   # before any work: a text model this machine lacks stops the run here
-    if cfg.data.name == "synthetic":
-        from cmdm.data.synthetic import ensure_dataset
-        ensure_dataset(cfg.data.root, num_clips=cfg.data.synthetic_num_clips, seed=cfg.data.synthetic_seed)
-    check_dataset(cfg.data.root, use_contacts=cfg.data.use_contacts)  # every file, once, before any worker
-    test_set = dataset_from_config(cfg.data, "test", train=False, progress=False)
-    if len(test_set) < cfg.evaluation.batch_size:
-        raise DataError(f"{Path(cfg.data.root) / 'test.txt'} yields {len(test_set)} test clips, fewer than one "
-                        f"R-precision batch (evaluation.batch_size = {cfg.evaluation.batch_size}): add test clips "
-                        "(for the synthetic set: a larger data.synthetic_num_clips).")
-    load_evaluator(cfg, device="cpu", progress=True)  # builds and caches a fitted evaluator if needed
-    prepare_text_features(cfg, log=log)
-
-
-def text_cache_path(cfg: Config) -> Path:
-    from cmdm.model.text import cache_file_name
-    tm = cfg.model.text_model
-    return Path(cfg.data.root) / "text_features" / cache_file_name(tm.name, tm.max_length, tm.output)
-
-
-def check_text_model(cfg: Config, use_cache: bool = True) -> None:
-    """Raise TextModelError (one paragraph) when the text model's config, or its weights where some caption
-    is not in the dataset's feature cache (or use_cache is False), cannot be loaded on this machine."""
-    from cmdm.model.text import check_text_model as check
-    tm = cfg.model.text_model
-    check(tm.name, tm.max_length, tm.output, text_cache_path(cfg) if use_cache else None)
-
-
-def load_text_cache(model, cfg: Config) -> int:
-    """Give the model's frozen text encoder the dataset's cached caption features (written by
-    prepare_text_features); returns how many captions it got (0 when there is no cache)."""
-    path = text_cache_path(cfg)
-    if model.text_encoder is None or not path.is_file():
-        return 0
-    return model.text_encoder.load_cache(path)
-
-
-def prepare_text_features(cfg: Config, log=print) -> Path | None:
-    """Encode every train/test caption once with the frozen text encoder and keep the features next to the
-    data, so no run or sweep trial spends its first epoch re-encoding them. None if the folder is read-only."""
-    path = text_cache_path(cfg)
-    if path.is_file() or cfg.model.text_model.output != "pooled":   # per-token features would be GBs on disk
-        return path if path.is_file() else None
-    from tqdm import tqdm
-    from cmdm.model.text import TextEncoder
-    tm = cfg.model.text_model
-    captions = sorted({c.text for split in ("train", "test")
-                       for e in dataset_from_config(cfg.data, split, train=False, progress=False).entries
-                       for c in e.captions})
-    encoder = TextEncoder(tm.name, tm.max_length, tm.output)
-    for i in tqdm(range(0, len(captions), 256), desc="text features", unit="x256 captions"):
-        encoder.encode(captions[i:i + 256])
-    try:
-        encoder.save_cache(path)
-    except OSError as err:
-        log(f"[text] could not cache caption features in {path.parent} ({err}); each run will encode them")
-        return None
-    return path
-
-
 def make_trainer(cfg: Config, files: RunFiles, *, init_from: str | None = None, partial: bool = False,
                  callbacks=()):
     """The TorchTrainer of one run (train_ray.py) or one sweep trial: workers and their resources, Ray's
@@ -821,18 +579,13 @@ def make_trainer(cfg: Config, files: RunFiles, *, init_from: str | None = None, 
     )
 
 
-def _ray_up() -> bool:
-    import ray
-    return ray.is_initialized()
-
-
 def run_training(cfg: Config, *, init_from: str | None = None, partial: bool = False) -> dict:
     """Run one training to its end; returns the final metrics (with 'stop_reason') and the run folder."""
     from cmdm.resources import check_fits, cluster_offer, local_offer
     cfg = absolute_paths(cfg)
     where = "the config (ray.* keys)"
     check_data_root(cfg)
-    if not cfg.ray.address and not _ray_up():      # before data and evaluator: a local Ray gets this machine
+    if not cfg.ray.address and not ray_is_up():      # before data and evaluator: a local Ray gets this machine
         check_fits(cfg.ray, local_offer(), where=where, prefix="ray.", what="this machine (a local Ray)")
     files = RunFiles(cfg.run_dir)
     check_ray_token_settings()

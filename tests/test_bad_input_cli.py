@@ -66,7 +66,7 @@ def last_pt_of_another_model(tmp):
 def trial(tmp, trial_id="t1", fid=1.0, config=True):
     """A finished-looking sweep trial: checkpoints/model_best.pt + best_metrics.json (the pair) + config.yaml."""
     from cmdm.config import save_config
-    from cmdm.train import RunFiles, save_best
+    from cmdm.run_files import RunFiles, save_best
     cfg = tiny_cfg(tmp)
     files = RunFiles(tmp / "sweep" / "trials" / trial_id)
     save_best(files, {"w": torch.full((2,), fid)}, {"fid": fid, "step": 10, "epoch": 1, "best_metric": "fid"}, cfg)
@@ -215,7 +215,8 @@ def test_the_up_front_checks_pass_what_would_load(tmp_path):
     """The other side of the --resume-from rows: a checkpoint of the same model passes strictly, another
     architecture's passes with --partial (some keys fit), and a rerun's readable last.pt reports what changed."""
     from cmdm.config import config_to_dict
-    from cmdm.train import RunFiles, check_init_from, check_rerun
+    from cmdm.run_files import RunFiles
+    from cmdm.train import check_init_from, check_rerun
     cfg = tiny_cfg(tmp_path)
     torch.save({"model": tiny_model(cfg).state_dict(), "config": config_to_dict(cfg)}, tmp_path / "same.pt")
     torch.save(other_shapes(tmp_path), tmp_path / "other.pt")

@@ -130,7 +130,7 @@ def test_evaluator_fingerprint_follows_file_contents(tmp_path):
 
 
 def test_files_the_project_derives_from_a_dataset_do_not_make_it_foreign(tmp_path):
-    """Caption features (cmdm.train) and preview GIFs (--preview) live in the dataset: reuse and replace it."""
+    """Caption features (cmdm.prepare) and preview GIFs (--preview) live in the dataset: reuse and replace it."""
     out = syn.generate_dataset(tmp_path / "d", 4, **QUIET)
     (out / "text_features").mkdir()
     (out / "text_features" / "all-MiniLM-L6-v2-len77-pooled.pt").write_bytes(b"x")

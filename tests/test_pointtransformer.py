@@ -118,7 +118,7 @@ def stub_clip(monkeypatch):
 def test_evaluate_loads_an_official_state_dict_with_config(tmp_path, monkeypatch):
     """`python -m cmdm.evaluate --config` path: an official state dict (no config inside) loads strictly.
     The frozen CLIP is stubbed (it is not in state dicts); only its width (512) matters here."""
-    from cmdm.evaluate import load_for_evaluation
+    from cmdm.evaluation.generate import load_for_evaluation
 
     stub_clip(monkeypatch)
     ckpt = tmp_path / "model600000.pt"

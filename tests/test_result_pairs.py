@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cmdm.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_text, torch_bytes
-from cmdm.train import read_best, reconcile_best, save_best
+from cmdm.run_files import read_best, reconcile_best, save_best
 from cmdm.tune import ExportError, export_best, find_best_trial
 from test_bad_input_cli import tiny_cfg, trial
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from cmdm.config import load_config
-from cmdm.train import BestTracker, EMA, RunFiles, lr_factor, reconcile_best, save_best
+from cmdm.run_files import RunFiles, reconcile_best, save_best
+from cmdm.train import BestTracker, EMA, lr_factor
 
 
 def test_warmup_is_linear_then_cosine_reaches_zero():

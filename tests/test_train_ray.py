@@ -154,7 +154,7 @@ def test_evaluate_cli_prints_the_table_and_writes_json(finished, tmp_path):
 def test_evaluation_takes_caption_features_from_the_runs_cache(finished):
     """cmdm.evaluate reuses the caption features train_ray cached next to the data: no transformer to load."""
     from cmdm.data.humanml3d import dataset_from_config
-    from cmdm.evaluate import load_for_evaluation
+    from cmdm.evaluation.generate import load_for_evaluation
     run, _ = finished
     cfg, model, _ = load_for_evaluation(str(run / "checkpoints" / "model_best.pt"), None)
     captions = sorted({c.text for e in dataset_from_config(cfg.data, "test", train=False, progress=False).entries

@@ -306,7 +306,7 @@ def test_summary_after_a_crash_comes_from_the_trials_own_files(tmp_path):
     (a / "logs").mkdir()
     best = {"fid": 15.4, "top1": 0.31, "top2": 0.45, "top3": 0.55, "mm_dist": 4.0, "step": 48, "epoch": 3,
             "best_metric": "fid"}
-    from cmdm.train import RunFiles, save_best
+    from cmdm.run_files import RunFiles, save_best
     save_best(RunFiles(a), {"w": torch.zeros(1)}, best, sweep.base_config)   # the pair, as a trial writes it
     (a / "status.json").write_text(json.dumps({"stop_reason": "finished", "epoch": 3, "evaluations": 3}))
     log = []
@@ -350,7 +350,7 @@ def test_summary_after_a_crash_comes_from_the_trials_own_files(tmp_path):
 def test_the_local_ray_token_is_written_for_its_owner_only(tmp_path, monkeypatch):
     """No Ray: a missing ~/.ray/auth_token is written 0600 (Ray's own would be 0644 under umask 022); one that
     exists is never rewritten, only warned about when others may read it; a token the user set is left alone."""
-    from cmdm.train import RAY_TOKEN_VARIABLES, ensure_private_ray_token
+    from cmdm.ray_cluster import RAY_TOKEN_VARIABLES, ensure_private_ray_token
     monkeypatch.setenv("HOME", str(tmp_path))
     for name in RAY_TOKEN_VARIABLES:
         monkeypatch.delenv(name, raising=False)

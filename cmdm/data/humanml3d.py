@@ -18,7 +18,7 @@ training, not mid-epoch inside a Ray worker):
     loaded anyway), every caption file (UTF-8, well-formed lines) and, with contacts, every
     contact file's archive and headers (keys `points`/`dist`, shapes (N,3+)/(N,22), N > 0; cheap:
     the arrays themselves are read lazily, at first use);
-  - `check_dataset` (the driver's preparation, `cmdm.train.prepare`, runs it once before Ray starts):
+  - `check_dataset` (the driver's preparation, `cmdm.prepare.prepare`, runs it once before Ray starts):
     all of the above for the train, val (if present) and test splits, plus every contact file read
     whole and checked finite. It keeps nothing in memory. Measured on the 2,000-clip synthetic set
     (1,024 points a clip, 2 busy CPU cores): 1.7 s (0.8 s without contacts); the contact header

@@ -1654,7 +1654,7 @@ FINGERPRINT = hashlib.sha256(f"cmdm.data.synthetic {GENERATOR_VERSION}".encode()
 _LAYOUT = re.compile(r"(new_joint_vecs|new_joints)/\d{6}\.npy|texts/\d{6}\.txt|contacts/\d{6}\.npz|"
                      r"(train|val|test|all)\.txt|Mean\.npy|Std\.npy|meta\.json|"
                      + re.escape(MANIFEST) + r"(\.part)?")
-# written into a dataset by others: preview GIFs (main --preview), cached caption features (cmdm.train,
+# written into a dataset by others: preview GIFs (main --preview), cached caption features (cmdm.prepare,
 # with the temp files of cmdm.atomic that a killed write can leave)
 _DERIVED = re.compile(r"preview/[^/]+\.gif|text_features/([^/]+\.pt|\.[^/]+\.pt\.[^/]+\.tmp)")
 _SUBDIRS = ("new_joint_vecs", "new_joints", "texts", "contacts", "preview", "text_features")

@@ -378,3 +378,29 @@ class TextEncoder:
         for caption, feat in zip(obj["captions"], torch.split(obj["features"], obj["lengths"].tolist())):
             self._cache[caption] = feat
         return len(obj["captions"])
+
+
+# ----------------------------------------------------------------------------
+# The dataset's caption-feature cache (written once by the driver: cmdm.prepare.prepare_text_features)
+# ----------------------------------------------------------------------------
+
+def text_cache_path(cfg) -> Path:
+    """Where the dataset keeps the caption features of the config's text model."""
+    tm = cfg.model.text_model
+    return Path(cfg.data.root) / "text_features" / cache_file_name(tm.name, tm.max_length, tm.output)
+
+
+def check_config_text_model(cfg, use_cache: bool = True) -> None:
+    """Raise TextModelError (one paragraph) when the text model's config, or its weights where some caption
+    is not in the dataset's feature cache (or use_cache is False), cannot be loaded on this machine."""
+    tm = cfg.model.text_model
+    check_text_model(tm.name, tm.max_length, tm.output, text_cache_path(cfg) if use_cache else None)
+
+
+def load_text_cache(model, cfg) -> int:
+    """Give the model's frozen text encoder the dataset's cached caption features (written by
+    prepare_text_features); returns how many captions it got (0 when there is no cache)."""
+    path = text_cache_path(cfg)
+    if model.text_encoder is None or not path.is_file():
+        return 0
+    return model.text_encoder.load_cache(path)

@@ -1,0 +1,58 @@
+"""What the driver makes sure of once, before Ray or any worker starts: the dataset (generated for the embedded
+default, checked file by file), the evaluator (fitted and cached when there is none) and the caption features."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from cmdm.config import Config
+from cmdm.data.humanml3d import DataError, check_dataset, dataset_from_config
+from cmdm.model.text import check_config_text_model, text_cache_path
+
+
+def check_data_root(cfg: Config) -> None:
+    """The instant part of `prepare`: a missing HumanML3D folder is said before anything else is checked."""
+    if cfg.data.name != "synthetic" and not Path(cfg.data.root).is_dir():
+        raise DataError(f"HumanML3D folder {cfg.data.root} (data.root) does not exist. Get HumanML3D from "
+                        "https://github.com/EricGuo5513/HumanML3D and put it there (or set data.root=...), "
+                        "or try the embedded dataset: python train_ray.py configs/demo.yaml")
+
+
+def prepare(cfg: Config, log=print) -> None:
+    """Make sure the data and the evaluator exist before any worker starts (once, in the driver)."""
+    from cmdm.evaluation.evaluator import load_evaluator
+    check_data_root(cfg)
+    check_config_text_model(cfg)   # before any work: a text model this machine lacks stops the run here
+    if cfg.data.name == "synthetic":
+        from cmdm.data.synthetic import ensure_dataset
+        ensure_dataset(cfg.data.root, num_clips=cfg.data.synthetic_num_clips, seed=cfg.data.synthetic_seed)
+    check_dataset(cfg.data.root, use_contacts=cfg.data.use_contacts)  # every file, once, before any worker
+    test_set = dataset_from_config(cfg.data, "test", train=False, progress=False)
+    if len(test_set) < cfg.evaluation.batch_size:
+        raise DataError(f"{Path(cfg.data.root) / 'test.txt'} yields {len(test_set)} test clips, fewer than one "
+                        f"R-precision batch (evaluation.batch_size = {cfg.evaluation.batch_size}): add test clips "
+                        "(for the synthetic set: a larger data.synthetic_num_clips).")
+    load_evaluator(cfg, device="cpu", progress=True)  # builds and caches a fitted evaluator if needed
+    prepare_text_features(cfg, log=log)
+
+
+def prepare_text_features(cfg: Config, log=print) -> Path | None:
+    """Encode every train/test caption once with the frozen text encoder and keep the features next to the
+    data, so no run or sweep trial spends its first epoch re-encoding them. None if the folder is read-only."""
+    path = text_cache_path(cfg)
+    if path.is_file() or cfg.model.text_model.output != "pooled":   # per-token features would be GBs on disk
+        return path if path.is_file() else None
+    from tqdm import tqdm
+    from cmdm.model.text import TextEncoder
+    tm = cfg.model.text_model
+    captions = sorted({c.text for split in ("train", "test")
+                       for e in dataset_from_config(cfg.data, split, train=False, progress=False).entries
+                       for c in e.captions})
+    encoder = TextEncoder(tm.name, tm.max_length, tm.output)
+    for i in tqdm(range(0, len(captions), 256), desc="text features", unit="x256 captions"):
+        encoder.encode(captions[i:i + 256])
+    try:
+        encoder.save_cache(path)
+    except OSError as err:
+        log(f"[text] could not cache caption features in {path.parent} ({err}); each run will encode them")
+        return None
+    return path

@@ -1,0 +1,98 @@
+"""What one run's output folder holds, and the best pair (model_best.pt + best_metrics.json) read and written
+as one checked unit: train_ray.py runs, sweep trials, the summary and export all go through here.
+
+    <run>/config.yaml                      the resolved config
+    <run>/logs/runtime.log                 [TRAIN] / [EVAL] / Best model lines
+    <run>/logs/events.out.tfevents.*       TensorBoard
+    <run>/checkpoints/last.pt              the training state (cmdm.train.TrainState), for reruns
+    <run>/checkpoints/model_best.pt        + best_metrics.json (with the .pt's sha256): a checked pair
+    <run>/ray/                             Ray Train's run folder (its checkpoints, for retries)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from cmdm.atomic import atomic_write_bytes, atomic_write_text, torch_bytes
+from cmdm.config import Config, config_to_dict
+from cmdm.model.checkpoint import CheckpointError, read_checkpoint
+
+CHECKPOINT_VERSION = 1
+
+
+class RunFiles:
+    """Paths of one run's output folder."""
+
+    def __init__(self, run_dir):
+        self.root = Path(run_dir)
+        self.logs = self.root / "logs"
+        self.checkpoints = self.root / "checkpoints"
+        self.log_file = self.logs / "runtime.log"
+        self.last = self.checkpoints / "last.pt"
+        self.best = self.checkpoints / "model_best.pt"
+        self.best_json = self.checkpoints / "best_metrics.json"
+        self.config = self.root / "config.yaml"
+        self.status = self.root / "status.json"      # how the run ended, for the driver and for people
+        self.ray = self.root / "ray"
+
+
+def save_best(files: RunFiles, model_state: dict, record: dict, cfg: Config) -> None:
+    """model_best.pt first (it embeds the metrics), then best_metrics.json, which is the same record plus the
+    sha256 of the model_best.pt it describes: each rename is atomic, a reader (`read_best`) tells whether the
+    two belong together, and after a crash between the renames the .pt's own record is the truth."""
+    data = torch_bytes({"model": model_state, "config": config_to_dict(cfg), "metrics": record,
+                        "format": "cmdm-checkpoint", "version": CHECKPOINT_VERSION})
+    atomic_write_bytes(files.best, data)
+    atomic_write_text(files.best_json, best_json_text(record, hashlib.sha256(data).hexdigest()))
+
+
+def best_json_text(record: dict, checkpoint_sha256: str) -> str:
+    return json.dumps({**record, "checkpoint_sha256": checkpoint_sha256}, indent=2) + "\n"
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_best(checkpoints_dir) -> dict | None:
+    """The record of checkpoints_dir/model_best.pt, or None when there is no readable model_best.pt.
+
+    best_metrics.json is used when its `checkpoint_sha256` is the hash of the model_best.pt beside it;
+    otherwise (a crash between the two writes, a json of an older best, a missing or broken json) the
+    record embedded in model_best.pt is returned. The result carries the `checkpoint_sha256` it was
+    checked against, so a copy of the pair can be checked again."""
+    best, best_json = Path(checkpoints_dir) / "model_best.pt", Path(checkpoints_dir) / "best_metrics.json"
+    if not best.is_file():
+        return None
+    sha = file_sha256(best)
+    try:
+        on_disk = json.loads(best_json.read_text())
+    except (OSError, ValueError):
+        on_disk = None
+    if isinstance(on_disk, dict) and on_disk.get("checkpoint_sha256") == sha:
+        return on_disk
+    try:
+        obj = read_checkpoint(best)
+    except CheckpointError:
+        return None
+    record = obj.get("metrics") if isinstance(obj, dict) else None
+    return {**record, "checkpoint_sha256": sha} if isinstance(record, dict) else None
+
+
+def reconcile_best(files: RunFiles) -> dict | None:
+    """The best record as model_best.pt holds it; rewrites best_metrics.json when it does not match the .pt."""
+    record = read_best(files.checkpoints)
+    if record is None:
+        return None
+    try:
+        on_disk = json.loads(files.best_json.read_text())
+    except (OSError, ValueError):
+        on_disk = None
+    if on_disk != record:
+        atomic_write_text(files.best_json, json.dumps(record, indent=2) + "\n")
+    return {k: v for k, v in record.items() if k != "checkpoint_sha256"}
