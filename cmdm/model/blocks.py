@@ -192,14 +192,15 @@ class DiTBlock(nn.Module):
         _zero_init_(self.adaLN_modulation[-1])
 
     def forward(self, x, c, pad=None):
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).unsqueeze(1).chunk(6, dim=-1)
-        h = modulate(self.norm1(x), shift1, scale1)
+        shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = \
+            self.adaLN_modulation(c).unsqueeze(1).chunk(6, dim=-1)
+        h = modulate(self.norm1(x), shift_attn, scale_attn)
         h = self.attn(h, h, h, key_padding_mask=pad, need_weights=False)[0]
         # x + gate * drop_path(branch): stochastic depth scales whole samples, so it is applied
         # to the (B, 1, D) gate: same result, no full-size mask.
-        x = torch.addcmul(x, self.drop_path(gate1), h)
-        h = self.mlp(modulate(self.norm2(x), shift2, scale2))
-        return torch.addcmul(x, self.drop_path(gate2), h)
+        x = torch.addcmul(x, self.drop_path(gate_attn), h)
+        h = self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        return torch.addcmul(x, self.drop_path(gate_mlp), h)
 
 
 class DiTCrossBlock(nn.Module):
@@ -225,15 +226,16 @@ class DiTCrossBlock(nn.Module):
         _zero_init_(self.adaLN_modulation[-1])
 
     def forward(self, x, c, pad=None, context=None, context_pad=None):
-        mod = self.adaLN_modulation(c).unsqueeze(1).chunk(8, dim=-1)
-        h = modulate(self.norm1(x), mod[0], mod[1])
+        (shift_self, scale_self, gate_self, shift_cross, scale_cross, gate_cross,
+         shift_mlp, scale_mlp) = self.adaLN_modulation(c).unsqueeze(1).chunk(8, dim=-1)
+        h = modulate(self.norm1(x), shift_self, scale_self)
         h = self.self_attn(h, h, h, key_padding_mask=pad, need_weights=False)[0]
-        x = torch.addcmul(x, self.drop_path(mod[2]), h)
+        x = torch.addcmul(x, self.drop_path(gate_self), h)
         ctx = self.norm_context(context)
-        h = modulate(self.norm2(x), mod[3], mod[4])
+        h = modulate(self.norm2(x), shift_cross, scale_cross)
         h = self.cross_attn(h, ctx, ctx, key_padding_mask=context_pad, need_weights=False)[0]
-        x = torch.addcmul(x, self.drop_path(mod[5]), h)
-        return x + self.drop_path(self.mlp(modulate(self.norm3(x), mod[6], mod[7])))
+        x = torch.addcmul(x, self.drop_path(gate_cross), h)
+        return x + self.drop_path(self.mlp(modulate(self.norm3(x), shift_mlp, scale_mlp)))
 
 
 class FinalLayer(nn.Module):
