@@ -23,7 +23,7 @@ def prepare(cfg: Config, log=print) -> None:
     check_data_root(cfg)
     check_config_text_model(cfg)   # before any work: a text model this machine lacks stops the run here
     if cfg.data.name == "synthetic":
-        from cmdm.data.synthetic import ensure_dataset
+        from cmdm.data.synthetic.writer import ensure_dataset
         ensure_dataset(cfg.data.root, num_clips=cfg.data.synthetic_num_clips, seed=cfg.data.synthetic_seed)
     check_dataset(cfg.data.root, use_contacts=cfg.data.use_contacts)  # every file, once, before any worker
     test_set = dataset_from_config(cfg.data, "test", train=False, progress=False)

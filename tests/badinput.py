@@ -37,7 +37,7 @@ ENTRIES = {
     "cmdm.evaluate": ("cmdm.evaluate", "main"),
     "cmdm.evaluation.fit": ("cmdm.evaluation.fit", "main"),
     "cmdm.evaluation.sanity": ("cmdm.evaluation.sanity", "main"),
-    "cmdm.data.synthetic": ("cmdm.data.synthetic", "main"),
+    "cmdm.data.synthetic": ("cmdm.data.synthetic.cli", "main"),
     "cmdm.model": ("cmdm.model.__main__", "main"),
 }
 

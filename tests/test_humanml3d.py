@@ -172,6 +172,17 @@ def test_missing_root_points_to_the_demo(tmp_path):
         make(tmp_path / "nowhere")
 
 
+def test_the_reader_never_generates_the_synthetic_set(tmp_path):
+    """Generating is the driver's preparation (cmdm.prepare), never a reader's (a worker's) job."""
+    from cmdm.config import Config
+    from cmdm.data.humanml3d import dataset_from_config
+    cfg = Config()
+    cfg.data.name, cfg.data.root = "synthetic", str(tmp_path / "synthetic")
+    with pytest.raises(DataError, match="does not exist"):
+        dataset_from_config(cfg.data, "train", train=True)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_split_naming_missing_motions_reports_count_and_ids(root):
     (root / "train.txt").write_text("012314\nghost1\nghost2\n")
     with pytest.raises(DataError) as err:

@@ -8,6 +8,8 @@ import pytest
 
 from cmdm import skeleton as sk
 from cmdm.data import synthetic as syn
+from cmdm.data.humanml3d import DataError
+from cmdm.data.synthetic import writer
 
 NUM, POINTS = 40, 512
 POS_TAGS = {"VERB", "NOUN", "DET", "ADP", "NUM", "AUX", "PRON", "ADJ", "ADV", "CCONJ", "PART",
@@ -137,7 +139,7 @@ def test_interrupted_run_leaves_nothing_and_ensure_reuses(tmp_path, monkeypatch)
 
     def boom(index, **kw):
         raise KeyboardInterrupt
-    monkeypatch.setattr(syn, "_write_clip", boom)
+    monkeypatch.setattr(writer, "_write_clip", boom)
     with pytest.raises(KeyboardInterrupt):
         syn.generate_dataset(out, 3, seed=0, num_points=32, workers=1, progress=False)
     monkeypatch.undo()
@@ -150,7 +152,7 @@ def test_interrupted_run_leaves_nothing_and_ensure_reuses(tmp_path, monkeypatch)
     assert len(split(out, "all")) == 4
     marker = out / "marker"                  # a file the generator did not write: never deleted
     marker.write_text("x")
-    with pytest.raises(syn.DataError, match="marker"):
+    with pytest.raises(DataError, match="marker"):
         syn.ensure_dataset(out, 5, seed=0, num_points=32, progress=False)
     assert marker.read_text() == "x" and len(split(out, "all")) == 4
 

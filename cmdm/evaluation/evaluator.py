@@ -206,9 +206,6 @@ def load_evaluator(cfg, device="cpu", progress: bool = True) -> Evaluator:
     if data.name == "humanml3d":
         return load_official_evaluator(ev.evaluator_dir, ev.glove_dir, device)
     from cmdm.evaluation.fit import FitConfig, ensure_evaluator
-    if data.name == "synthetic":
-        from cmdm.data.synthetic import ensure_dataset
-        ensure_dataset(data.root, num_clips=data.synthetic_num_clips, seed=data.synthetic_seed, progress=progress)
     fit_cfg = FitConfig(min_motion_len=data.min_motion_len, max_motion_len=data.max_motion_len)
     path = ensure_evaluator(data.root, ev.evaluator_dir, progress=progress, cfg=fit_cfg)
     return load_fitted_evaluator(path, device)

@@ -1,0 +1,5 @@
+import sys
+
+from cmdm.data.synthetic.cli import main
+
+sys.exit(main())
