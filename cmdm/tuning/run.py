@@ -31,6 +31,7 @@ from cmdm.config import absolute_paths
 from cmdm.prepare import check_data_root, prepare
 from cmdm.ray_cluster import check_ray_token_settings, start_ray
 from cmdm.resources import check_fits, cluster_offer, local_offer
+from cmdm.run_files import SweepFiles
 from cmdm.tuning.report import make_report
 from cmdm.tuning.search import build_searcher, random_space
 from cmdm.tuning.space import format_value
@@ -138,7 +139,7 @@ class TrialClock(tune.Callback):
 
 
 def write_sweep_files(sweep: Sweep) -> None:
-    files = sweep.files
+    files = SweepFiles(sweep.sweep_dir)
     files.root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(files.sweep_yaml, sweep.path.read_text())
     info = {"name": sweep.name, "sweep_file": str(sweep.path.resolve()), "base": str(sweep.base),
@@ -151,7 +152,7 @@ def make_tuner(sweep: Sweep, *, strategy: str, resume: bool, driver_resources: d
                stopper: TargetStopper, clock: TrialClock, log=print) -> tune.Tuner:
     """The sweep's Tuner: the searcher and ASHA over the trial driver ("rules"), or Tune's random search with every
     trial run to its end ("random", the baseline); on --resume, the experiment in the sweep folder."""
-    files = sweep.files
+    files = SweepFiles(sweep.sweep_dir)
     trainable = tune.with_resources(tune.with_parameters(trial_driver, sweep=sweep), driver_resources)
     if resume:
         log(f"Resuming {files.tune}: finished trials are kept, unfinished ones continue from their last checkpoint.")
@@ -189,7 +190,7 @@ def run_sweep(sweep: Sweep, *, address: str = "", resume: bool = False, strategy
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # epochs before the first evaluation have no fid
-    files = sweep.files
+    files = SweepFiles(sweep.sweep_dir)
     if resume and not tune.Tuner.can_restore(str(files.tune)):
         raise SystemExit(f"error: --resume: {files.tune} holds no sweep to resume. Run without --resume to start it.")
     if not resume and files.tune.exists():
