@@ -23,7 +23,7 @@ def export_main(argv) -> int:
     p.add_argument("sweep_dir", help="the sweep folder, e.g. outputs/CMDM-Demo-Sweep")
     p.add_argument("--out", help="destination folder (default: SWEEP_DIR/best)")
     args = p.parse_args(argv)
-    from cmdm.tune import ExportError, export_best
+    from cmdm.tuning.export import ExportError, export_best
     try:
         out = export_best(args.sweep_dir, args.out)
     except ExportError as err:
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this file")
     args = parser.parse_intermixed_args(argv)
 
-    from cmdm.sweep import SweepError, load_sweep
+    from cmdm.tuning.sweep_file import SweepError, load_sweep
     try:
         sweep = load_sweep(args.sweep, args.overrides)
     except SweepError as err:
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     from cmdm.evaluation.networks import CheckpointError
     from cmdm.model.text import TextModelError
     from cmdm.resources import ResourceError
-    from cmdm.tune import run_sweep
+    from cmdm.tuning.run import run_sweep
     try:
         summary = run_sweep(sweep, address=args.address, resume=args.resume)
     except TextModelError as err:

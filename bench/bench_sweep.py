@@ -58,8 +58,8 @@ def main(argv=None) -> int:
     if "=" in args.sweep:                      # only overrides given: they are not the sweep file
         args.overrides, args.sweep = [args.sweep, *args.overrides], str(ROOT / "sweeps" / "demo.yaml")
 
-    from cmdm.sweep import load_sweep
-    from cmdm.tune import run_sweep
+    from cmdm.tuning.sweep_file import load_sweep
+    from cmdm.tuning.run import run_sweep
     rows = []
     for seed in args.seeds:
         for strategy in strategies:

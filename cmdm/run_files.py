@@ -1,5 +1,6 @@
-"""What one run's output folder holds, and the best pair (model_best.pt + best_metrics.json) read and written
-as one checked unit: train_ray.py runs, sweep trials, the summary and export all go through here.
+"""What one run's output folder and one sweep's folder hold, and the best pair (model_best.pt +
+best_metrics.json) read and written as one checked unit: train_ray.py runs, sweep trials, the summary and export
+all go through here.
 
     <run>/config.yaml                      the resolved config
     <run>/logs/runtime.log                 [TRAIN] / [EVAL] / Best model lines
@@ -7,6 +8,17 @@ as one checked unit: train_ray.py runs, sweep trials, the summary and export all
     <run>/checkpoints/last.pt              the training state (cmdm.train.TrainState), for reruns
     <run>/checkpoints/model_best.pt        + best_metrics.json (with the .pt's sha256): a checked pair
     <run>/ray/                             Ray Train's run folder (its checkpoints, for retries)
+    <run>/status.json, error.txt           how the run ended; a sweep trial's traceback when it crashed
+
+    <sweep>/sweep.yaml, sweep.json         the sweep file as given, and what `export` needs (metric, mode)
+    <sweep>/optuna.db                      the Optuna study (optuna-dashboard sqlite:///.../optuna.db)
+    <sweep>/tune/                          Ray Tune's experiment (restore point, per-trial result.json / TensorBoard)
+    <sweep>/trials/<trial_id>/             each trial's run folder, the layout above
+    <sweep>/remedies.jsonl                 each remedy trial the doctor queued, and why
+    <sweep>/clock.json                     when each run of the sweep started and last wrote (the wall time adds them)
+    <sweep>/summary.md, summary.json       the final table, sorted by the metric
+    <sweep>/report/                        curves.png, params_vs_<metric>.png, best_trial/*.gif
+    <sweep>/best/                          `tune_ray.py export`'s default destination
 """
 from __future__ import annotations
 
@@ -34,7 +46,33 @@ class RunFiles:
         self.best_json = self.checkpoints / "best_metrics.json"
         self.config = self.root / "config.yaml"
         self.status = self.root / "status.json"      # how the run ended, for the driver and for people
+        self.error = self.root / "error.txt"         # a sweep trial's traceback, when it crashed
         self.ray = self.root / "ray"
+
+
+class SweepFiles:
+    """Paths of one sweep's folder; `trial(trial_id)` is a trial's run folder."""
+
+    def __init__(self, sweep_dir):
+        self.root = Path(sweep_dir)
+        self.sweep_yaml = self.root / "sweep.yaml"
+        self.sweep_json = self.root / "sweep.json"
+        self.optuna_db = self.root / "optuna.db"
+        self.tune = self.root / "tune"
+        self.trials = self.root / "trials"
+        self.remedies = self.root / "remedies.jsonl"
+        self.clock = self.root / "clock.json"
+        self.summary_md = self.root / "summary.md"
+        self.summary_json = self.root / "summary.json"
+        self.report = self.root / "report"
+        self.export = self.root / "best"
+
+    def trial(self, trial_id: str) -> RunFiles:
+        return RunFiles(self.trials / trial_id)
+
+    def trial_runs(self) -> list[RunFiles]:
+        """Every trial folder there is, in name order."""
+        return [RunFiles(p) for p in sorted(self.trials.glob("*")) if p.is_dir()]
 
 
 def save_best(files: RunFiles, model_state: dict, record: dict, cfg: Config) -> None:

@@ -1,15 +1,15 @@
-"""Tests of cmdm.doctor: each detector on hand-written healthy and sick histories, the remedies as points of a
+"""Tests of cmdm.tuning.doctor: each detector on hand-written healthy and sick histories, the remedies as points of a
 space, and the warm start giving exactly the guide's values."""
 
 import math
 
 import pytest
 
-from cmdm.doctor import (
+from cmdm.tuning.doctor import (
     RULES, apply_remedy, detect_fid_rising, detect_gradient_explosion, detect_loss_not_decreasing,
     detect_loss_oscillating, detect_out_of_memory, diagnose, explain, prior_points,
 )
-from cmdm.sweep import Param
+from cmdm.tuning.space import Param
 
 RULE = {rule.name: rule for rule in RULES}
 

@@ -11,7 +11,7 @@ import torch
 
 from cmdm.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_text, torch_bytes
 from cmdm.run_files import read_best, reconcile_best, save_best
-from cmdm.tune import ExportError, export_best, find_best_trial
+from cmdm.tuning.export import ExportError, export_best, find_best_trial
 from test_bad_input_cli import tiny_cfg, trial
 
 
@@ -156,7 +156,7 @@ def test_a_failure_half_way_leaves_the_old_export(tmp_path, monkeypatch, fails_a
     out = export_best(tmp_path / "sweep", tmp_path / "best")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     save_best(files["b"], {"w": torch.zeros(2)}, {"fid": 0.2, "step": 30}, tiny_cfg(tmp_path))
-    import cmdm.tune as tune
+    import cmdm.tuning.export as export
     if fails_at == "config.yaml":
         real = shutil.copyfile
 
@@ -164,7 +164,7 @@ def test_a_failure_half_way_leaves_the_old_export(tmp_path, monkeypatch, fails_a
             if str(src).endswith("config.yaml"):
                 raise OSError(28, "No space left on device")
             return real(src, dst, **kw)
-        monkeypatch.setattr(tune.shutil, "copyfile", copyfile)
+        monkeypatch.setattr(export.shutil, "copyfile", copyfile)
     else:
         real = os.rename
         calls = []
@@ -174,7 +174,7 @@ def test_a_failure_half_way_leaves_the_old_export(tmp_path, monkeypatch, fails_a
             if len(calls) == 2:
                 raise OSError(5, "I/O error")
             return real(src, dst)
-        monkeypatch.setattr(tune.os, "rename", rename)
+        monkeypatch.setattr(export.os, "rename", rename)
     with pytest.raises(OSError):
         export_best(tmp_path / "sweep", tmp_path / "best")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before        # trial a's export, all of it
@@ -183,9 +183,9 @@ def test_a_failure_half_way_leaves_the_old_export(tmp_path, monkeypatch, fails_a
 
 def test_a_failed_first_export_leaves_nothing(tmp_path, monkeypatch):
     sweep(tmp_path, ("a", 1.0))
-    import cmdm.tune as tune
+    import cmdm.tuning.export as export
     real = shutil.copyfile
-    monkeypatch.setattr(tune.shutil, "copyfile", lambda s, d, **k: real(s, d, **k) if "model_best" in str(s)
+    monkeypatch.setattr(export.shutil, "copyfile", lambda s, d, **k: real(s, d, **k) if "model_best" in str(s)
                         else (_ for _ in ()).throw(OSError(28, "No space left on device")))
     with pytest.raises(OSError):
         export_best(tmp_path / "sweep", tmp_path / "best")

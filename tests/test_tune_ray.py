@@ -146,7 +146,7 @@ def test_crashing_trials_do_not_stop_the_sweep_and_are_diagnosed(tiny, tmp_path)
     summary = json.loads((tmp_path / "outputs" / "oom-sweep" / "summary.json").read_text())
     assert len(summary["trials"]) == 2
     for t in summary["trials"]:
-        assert t["end"] == "failed" and t["diagnosis"] == "out_of_memory" and "out of memory" in t["error"]
+        assert t["end"] == "failed" and t["diagnosis"] == ["out_of_memory"] and "out of memory" in t["error"]
         assert t["trial_seconds"] > 0            # the driver's clock counts a trial that never finished an epoch
     md = (tmp_path / "outputs" / "oom-sweep" / "summary.md").read_text()
     assert md.count(": out_of_memory: batch too large -> task.train.batch_size x0.5") == 2   # one line per trial
@@ -223,8 +223,8 @@ def test_interrupted_sweep_resumes(tiny, tmp_path):
 def test_a_diagnosis_makes_the_remedy_the_next_suggestion(tmp_path):
     """No Ray: the searcher gets a result whose diagnosis is loss_oscillating at lr 1e-3; the next point it
     suggests is that trial with lr x2/3 (the guide's 'loss oscillates -> lower lr'), queued in the study."""
-    from cmdm.sweep import load_sweep
-    from cmdm.tune import build_searcher
+    from cmdm.tuning.sweep_file import load_sweep
+    from cmdm.tuning.search import build_searcher
     spec = {"name": "unit", "base": str(ROOT / "configs" / "demo.yaml"), "output_root": str(tmp_path),
             "space": {"training.lr": {"loguniform": [1e-5, 1e-2]}, "model.dropout": {"uniform": [0.0, 0.3]}},
             "metric": "fid", "mode": "min", "priors": False, "num_samples": 8, "seed": 3}
@@ -235,7 +235,7 @@ def test_a_diagnosis_makes_the_remedy_the_next_suggestion(tmp_path):
     searcher, priors = build_searcher(sweep, storage_url=None)
     assert priors == []
     first = searcher.suggest("t1")
-    result = {"best_fid": 5.0, "training_iteration": 3, "diagnosis": "loss_oscillating",
+    result = {"best_fid": 5.0, "training_iteration": 3, "diagnosis": ["loss_oscillating"],
               "config": first}
     searcher.on_trial_result("t1", result)
     searcher.on_trial_complete("t1", result)
@@ -246,7 +246,7 @@ def test_a_diagnosis_makes_the_remedy_the_next_suggestion(tmp_path):
     log = [json.loads(line) for line in (sweep.sweep_dir / "remedies.jsonl").read_text().splitlines()]
     assert log[0]["trial_id"] == "t1" and log[0]["point"]["training.lr"] == nxt["training.lr"]
     # a healthy result queues nothing; the same diagnosis twice is remedied once
-    searcher.on_trial_result("t2", {"best_fid": 4.0, "training_iteration": 1, "diagnosis": ""})
+    searcher.on_trial_result("t2", {"best_fid": 4.0, "training_iteration": 1, "diagnosis": []})
     searcher.on_trial_result("t1", result)
     assert len(searcher.remedies) == 1
 
@@ -257,8 +257,9 @@ def test_summary_tells_how_each_trial_ended(tmp_path):
     does not stop on its targets never blames them."""
     from types import SimpleNamespace
 
-    from cmdm.sweep import load_sweep
-    from cmdm.tune import _clock_class, _stopper_class, summarise
+    from cmdm.tuning.sweep_file import load_sweep
+    from cmdm.tuning.run import TargetStopper, TrialClock
+    from cmdm.tuning.summary import summarise
     spec = {"name": "ends", "base": str(ROOT / "configs" / "demo.yaml"), "output_root": str(tmp_path),
             "space": {"training.lr": {"loguniform": [1e-5, 1e-2]}}, "metric": "fid", "mode": "min",
             "targets": {"fid": "<= 10"}}
@@ -273,11 +274,11 @@ def test_summary_tells_how_each_trial_ended(tmp_path):
         return SimpleNamespace(metrics=row, metrics_dataframe=None, config={"training.lr": 1e-3}, error=None,
                                path=str(tmp_path / trial_id))
     grid = [result("done", 5.0, True), result("early", 50.0, False), result("late", 40.0, False)]
-    clock = _clock_class()()
+    clock = TrialClock()
     clock.start = {"done": 0.0, "early": 0.0, "late": 0.0}
     clock.end = {"done": 60.0, "early": 20.0, "late": 70.0}
     for enabled, late_end in ((True, "stopped: sweep met its targets"), (False, "stopped by ASHA")):
-        stopper = _stopper_class()(enabled)
+        stopper = TargetStopper(enabled)
         stopper("done", {"targets_met": True})
         stopper.met_at = 50.0 if enabled else stopper.met_at     # the clock above runs in seconds from 0
         assert (stopper.met_at is None) == (not enabled)
@@ -295,8 +296,9 @@ def test_summary_after_a_crash_comes_from_the_trials_own_files(tmp_path):
     and a's trial time add the run before the resume (clock.json)."""
     from types import SimpleNamespace
 
-    from cmdm.sweep import load_sweep
-    from cmdm.tune import _clock_class, format_summary, summarise
+    from cmdm.tuning.sweep_file import load_sweep
+    from cmdm.tuning.run import TrialClock
+    from cmdm.tuning.summary import format_summary, summarise
     spec = {"name": "crash", "base": str(ROOT / "configs" / "demo.yaml"), "output_root": str(tmp_path),
             "space": {"training.lr": {"loguniform": [1e-5, 1e-2]}}, "metric": "fid", "mode": "min"}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
@@ -325,7 +327,7 @@ def test_summary_after_a_crash_comes_from_the_trials_own_files(tmp_path):
     tune_b = [{"trial_id": "b", "epoch": 1, "evaluations": 1, "loss": 1.0, "fid": 17.0, "top1": 0.2}]
     (tmp_path / "clock.json").write_text(json.dumps(
         {"segments": [{"start": 0.0, "last": 100.0, "trials": {"a": [10.0, 90.0]}}]}))
-    clock = _clock_class()(tmp_path / "clock.json")
+    clock = TrialClock(tmp_path / "clock.json")
     clock.setup()                                       # what Tune calls when the resumed run starts
     clock.start, clock.end = {"a": clock.t0, "b": clock.t0}, {"a": clock.t0 + 5.0, "b": clock.t0 + 20.0}
     summary = summarise(sweep, [result("b", tune_b), result("a", tune_a)], clock.wall_seconds(), clock=clock)
@@ -342,7 +344,7 @@ def test_summary_after_a_crash_comes_from_the_trials_own_files(tmp_path):
     assert len(segments) == 2 and segments[0]["last"] == 100.0                   # the earlier run kept
     clock.end["b"] = clock.t0 + 30.0
     clock._save()
-    again = _clock_class().from_file(tmp_path / "clock.json")                    # what the driver reads back
+    again = TrialClock.from_file(tmp_path / "clock.json")                    # what the driver reads back
     assert again.earlier == segments[:1] and again.seconds("a") == pytest.approx(85.0)
     assert again.seconds("b") == pytest.approx(30.0) and again.wall_seconds() >= 100.0
 

@@ -23,10 +23,10 @@
     seed: 0
 
 `load_sweep(path, overrides)` returns a `Sweep` or raises `SweepError` with one paragraph naming the file,
-the key and the fix. Every trial config (base + overrides + a sampled point) is validated by
-`cmdm.config` before the sweep starts, at every value a trial can draw: each value of an `int` range (evenly
-spaced ones when it has more than MAX_CHECKED_INTS) and of a `choice`, the ends and quantiles of a continuous
-range, and each pair of values of two discrete keys (e.g. num_heads with latent_dim).
+the key and the fix. The `resources:` and `scheduler:` sections are dataclasses whose ranges sit next to their
+fields, as in cmdm/config.py. Every trial config (base + overrides + a sampled point) is validated by
+`cmdm.config` before the sweep starts, at every value a trial can draw (`cmdm.tuning.space.check_points`), and
+at each pair of values of two discrete keys (e.g. num_heads with latent_dim).
 """
 from __future__ import annotations
 
@@ -35,68 +35,27 @@ import difflib
 import itertools
 import math
 import operator
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-
-from cmdm.config import (Config, ConfigError, _brief, _cut, _read_yaml, folder_name_problem, load_config,
-                         parse_override, update_config)
+from cmdm.config import (Config, ConfigError, RayConfig, _brief, _cut, _in_range, _interval, _read_yaml,
+                         absolute_paths, bounded, config_to_dict, folder_name_problem, load_config, parse_override,
+                         update_config)
 from cmdm.evaluation.metrics import LOWER_IS_BETTER
+from cmdm.tuning.doctor import RULES
+from cmdm.tuning.space import KINDS, Param, check_points
 
 METRICS = tuple(LOWER_IS_BETTER)
-MAX_CHECKED_INTS = 256     # an int range up to this many values is checked value by value
 MAX_CHOICES = 1000         # a longer choice list is refused (every choice is checked)
 MAX_PAIRED = 16            # values per key when pairs of discrete keys are checked together
-QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)   # points checked in a continuous range
-RESOURCE_KEYS = ("ray.num_workers", "ray.cpus_per_worker", "ray.use_gpu", "ray.gpus_per_worker")
 SET_PER_TRIAL = {"name": "each trial is named by its trial id", "output_root": "trials live in <sweep folder>/trials"}
-KINDS = ("loguniform", "uniform", "int", "choice")
 COMPARATORS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
 
 
 class SweepError(Exception):
     """A sweep file that cannot run; the message is one paragraph naming the file, key and fix."""
-
-
-@dataclass(frozen=True)
-class Param:
-    """One searched key: loguniform/uniform [low, high], int [low, high] (inclusive) or choice [values]."""
-    key: str
-    kind: str
-    low: float | None = None
-    high: float | None = None
-    values: tuple = ()
-
-    def clip(self, value):
-        """The nearest value this parameter allows (bounds clamped, ints rounded, nearest choice)."""
-        if self.kind == "choice":
-            if value in self.values:
-                return value
-            numeric = [v for v in self.values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-            if isinstance(value, (int, float)) and numeric:
-                return min(numeric, key=lambda v: abs(math.log(v / value)) if v > 0 and value > 0 else abs(v - value))
-            return self.values[0]
-        value = min(max(value, self.low), self.high)
-        return int(round(value)) if self.kind == "int" else float(value)
-
-    def contains(self, value) -> bool:
-        if self.kind == "choice":
-            return value in self.values
-        return self.low <= value <= self.high
-
-    def to_tune(self):
-        from ray import tune
-        if self.kind == "loguniform":
-            return tune.loguniform(self.low, self.high)
-        if self.kind == "uniform":
-            return tune.uniform(self.low, self.high)
-        if self.kind == "int":
-            return tune.randint(int(self.low), int(self.high) + 1)   # randint's upper bound is exclusive
-        return tune.choice(list(self.values))
-
-    def describe(self) -> str:
-        return f"{self.kind} {list(self.values)}" if self.kind == "choice" else f"{self.kind} [{self.low:g}, {self.high:g}]"
 
 
 @dataclass(frozen=True)
@@ -115,18 +74,29 @@ class Target:
 
 @dataclass
 class Scheduler:
-    time_attr: str = "evaluations"   # evaluations | epoch
-    grace_period: int = 1
-    reduction_factor: float = 3
-    max_t: int = 100
+    """ASHA's rungs (in `time_attr` units): the first at grace_period, each next one reduction_factor later."""
+    time_attr: str = "evaluations"                 # evaluations | epoch
+    grace_period: int = bounded(1, ge=1)           # no trial is stopped before this
+    reduction_factor: float = bounded(3.0, gt=1)   # each rung keeps 1 / reduction_factor of the trials
+    max_t: int = bounded(100, ge=1)                # the last rung (> grace_period)
+
+
+def _as_ray(name: str):
+    """The field of training config key ray.<name>, its default and range: a trial's config gets the value."""
+    f = next(f for f in dataclasses.fields(RayConfig) if f.name == name)
+    return bounded(f.default, **f.metadata)
 
 
 @dataclass
 class Resources:
-    num_workers: int = 1
-    cpus_per_worker: float = 1.0
-    use_gpu: bool = False
-    gpus_per_worker: float = 0.0
+    """What each trial's TorchTrainer gets: the ray.* keys of every trial's training config."""
+    num_workers: int = _as_ray("num_workers")
+    cpus_per_worker: float = _as_ray("cpus_per_worker")
+    use_gpu: bool = _as_ray("use_gpu")
+    gpus_per_worker: float = _as_ray("gpus_per_worker")
+
+
+RESOURCE_KEYS = tuple(f"ray.{f.name}" for f in dataclasses.fields(Resources))
 
 
 @dataclass
@@ -167,7 +137,6 @@ class Sweep:
 
     def base_point(self) -> dict:
         """The base config's value of every searched key, clipped into the space."""
-        from cmdm.config import config_to_dict
         tree = config_to_dict(self.base_config)
         point = {}
         for key, p in self.space.items():
@@ -193,20 +162,6 @@ def _unknown(path, key, name, known, what="is not a known key") -> SweepError:
     near = difflib.get_close_matches(_cut(str(name)), sorted(known), n=1, cutoff=0.6)
     hint = f"Did you mean `{near[0]}`? " if near else ""
     return _err(path, key, what, f"{hint}Fix the key name; known keys: {', '.join(sorted(known))}.")
-
-
-def check_points(p: Param) -> list:
-    """The values of `p` a trial config is checked at before the sweep starts (see the module docstring)."""
-    if p.kind == "choice":
-        return list(p.values)
-    if p.kind == "int":
-        lo, hi = int(p.low), int(p.high)
-        if hi - lo < MAX_CHECKED_INTS:
-            return list(range(lo, hi + 1))
-        return sorted({lo + round((hi - lo) * i / (MAX_CHECKED_INTS - 1)) for i in range(MAX_CHECKED_INTS)})
-    if p.kind == "loguniform":
-        return [p.low] + [math.exp(math.log(p.low) + q * math.log(p.high / p.low)) for q in QUANTILES[1:-1]] + [p.high]
-    return [p.low + q * (p.high - p.low) for q in QUANTILES]
 
 
 def _problem(exc: ConfigError) -> str:
@@ -332,6 +287,7 @@ def _target(path, metric, text) -> Target:
 
 
 def _section(path, key, raw, cls):
+    """The mapping `raw` of section `key` as a `cls`: known keys only, each of its field's type and range."""
     if raw is None:
         return cls()
     if not isinstance(raw, dict):
@@ -340,14 +296,17 @@ def _section(path, key, raw, cls):
     for k in raw:
         if k not in names:
             raise _unknown(path, f"{key}.{_cut(str(k))}", k, names)
-    obj = cls(**raw)
+    obj, types = cls(**raw), typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        v = getattr(obj, f.name)
-        want = type(f.default)
+        v, want = getattr(obj, f.name), types[f.name]
         if want is float and isinstance(v, int) and not isinstance(v, bool):
-            setattr(obj, f.name, float(v))
+            v = float(v)
+            setattr(obj, f.name, v)
         elif not isinstance(v, want) or isinstance(v, bool) != (want is bool):
             raise _err(path, f"{key}.{f.name}", f"must be {want.__name__} (got {_brief(v)})", f"Default: {f.default!r}.")
+        if not _in_range(v, f.metadata):
+            raise _err(path, f"{key}.{f.name}", f"= {_brief(v)} is outside the allowed range {_interval(f.metadata)}",
+                       f"Set it within {_interval(f.metadata)}; default: {f.default!r}.")
     return obj
 
 
@@ -441,9 +400,10 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
     if scheduler.time_attr not in ("evaluations", "epoch"):
         raise _err(path, "scheduler.time_attr", f"is {_brief(scheduler.time_attr)}",
                    "Use `evaluations` (rungs counted in evaluations) or `epoch`.")
-    if scheduler.grace_period < 1 or scheduler.reduction_factor <= 1 or scheduler.max_t <= scheduler.grace_period:
-        raise _err(path, "scheduler", f"needs grace_period >= 1, reduction_factor > 1 and max_t > grace_period "
-                   f"(got {_brief(dataclasses.asdict(scheduler))})", "Fix the numbers.")
+    if scheduler.max_t <= scheduler.grace_period:
+        raise _err(path, "scheduler.max_t", f"= {scheduler.max_t} is not above scheduler.grace_period = "
+                   f"{scheduler.grace_period} (ASHA's last rung must come after its first)",
+                   "Raise max_t or lower grace_period.")
 
     sweep = Sweep(name=name, path=path, base=base, overrides=base_overrides, space=space,
                   base_config=None, resources=resources, scheduler=scheduler, metric=metric,
@@ -456,7 +416,6 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
                            f"(got {_brief(v)})", "Fix the value.")
             setattr(sweep, key, v)
     if isinstance(raw.get("doctor"), list):          # doctor: [rule, ...] -> on, with those rules only
-        from cmdm.doctor import RULES
         known = [rule.name for rule in RULES]
         unknown = [n for n in raw["doctor"] if n not in known]
         if unknown or not raw["doctor"]:
@@ -478,8 +437,7 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
     # The base training config, then every value the space can draw, must pass cmdm.config's checks.
     try:
         cfg = load_config(str(base))
-        res = {"ray.num_workers": resources.num_workers, "ray.cpus_per_worker": resources.cpus_per_worker,
-               "ray.use_gpu": resources.use_gpu, "ray.gpus_per_worker": resources.gpus_per_worker}
+        res = {f"ray.{k}": v for k, v in dataclasses.asdict(resources).items()}
         cfg = update_config(cfg, {**base_overrides, **res}, source=f"{path} (overrides/resources)")
         if metric in ("fid", "top1", "top2", "top3"):   # model_best.pt = best by the sweep's metric
             if base_overrides.get("training.best_metric", metric) != metric:
@@ -487,7 +445,6 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
                            f", but each trial keeps its model_best.pt by the sweep's metric ({metric})",
                            "Remove it from `overrides:` (or set `metric:` to it).")
             cfg = update_config(cfg, {"training.best_metric": metric}, source=f"{path} (metric)")
-        from cmdm.config import absolute_paths
         sweep.base_config = absolute_paths(cfg)
     except ConfigError as exc:
         raise SweepError(f"{path}: a trial config would be invalid: {exc}") from None

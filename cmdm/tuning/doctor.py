@@ -6,9 +6,10 @@ batch. Here each row is a `Rule` in `RULES`: a symptom, a cause, a remedy writte
 keys (so it applies to any trial, not only to the stable values) and a detector that recognises the symptom.
 
 How a sweep uses it:
-  * the trial diagnoses itself: the trial driver calls `diagnose(history, error)` on its own reports after
-    every report (history = one dict per epoch, as the training loop reports them) and reports `summary(...)`;
-  * the searcher turns a `Finding` into a new trial with `apply_remedy(params, finding.rule, space)`;
+  * the trial diagnoses itself: its report callback (cmdm/tuning/trial.py) calls `diagnose(history)` after
+    every report (history = one dict per epoch, as the training loop reports them) and adds the names of the
+    rules that fired to the report (`diagnosis`, a list); a trial that crashed is diagnosed from its error text;
+  * the searcher turns each rule named into a new trial with `apply_remedy(params, rule, space)`;
   * `prior_points(base, space)` are the first trials: the stable values and one variant per remedy.
 
 Rules are data and the thresholds are module constants: to change what counts as "oscillating", change a
@@ -23,7 +24,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from cmdm.sweep import Param
+from cmdm.evaluation.metrics import LOWER_IS_BETTER
+from cmdm.tuning.space import Param
 
 
 @dataclass(frozen=True)
@@ -88,18 +90,30 @@ def _losses(history: list[dict]) -> list[tuple]:
     return [(_epoch(r, i), float(r["loss"])) for i, r in enumerate(history) if _finite(r.get("loss"))]
 
 
-def _evaluations(history: list[dict]) -> list[tuple[int, float]]:
-    """(count, fid) of each evaluation once: between evaluations the report carries the last fid over, and a
-    report is a new evaluation only when its `evaluations` count went up. No count, no evaluation."""
+def new_evaluations(history: list[dict]) -> list[dict]:
+    """The reports that carry a new evaluation, each evaluation once: between evaluations a report carries the
+    last metrics over, and a report is a new evaluation only when its `evaluations` count went up. No count,
+    no evaluation."""
     evals, seen = [], 0
     for report in history:
         count = report.get("evaluations")
-        if not _number(count):
-            continue
-        if count > seen and _finite(report.get("fid")):
-            evals.append((int(count), float(report["fid"])))
-        seen = max(seen, count)
+        if _number(count) and count > seen:
+            evals.append(report)
+            seen = count
     return evals
+
+
+def best_evaluation(history: list[dict], metric: str) -> dict | None:
+    """The evaluation report with the best finite `metric` (LOWER_IS_BETTER says which way), or None."""
+    finite = [r for r in new_evaluations(history) if _finite(r.get(metric))]
+    if not finite:
+        return None
+    return (min if LOWER_IS_BETTER[metric] else max)(finite, key=lambda r: r[metric])
+
+
+def _fids(history: list[dict]) -> list[tuple[int, float]]:
+    """(count, fid) of each evaluation with a finite fid."""
+    return [(int(r["evaluations"]), float(r["fid"])) for r in new_evaluations(history) if _finite(r.get("fid"))]
 
 
 def _curve(points: list[tuple]) -> str:
@@ -152,7 +166,7 @@ def detect_loss_not_decreasing(history: list[dict], error: str | None) -> str | 
 
 def detect_fid_rising(history: list[dict], error: str | None) -> str | None:
     """FID got worse after its best and stayed worse: the model is overfitting."""
-    evals = _evaluations(history)
+    evals = _fids(history)
     fids = [fid for _, fid in evals]
     if len(fids) < 1 + FID_AFTER_BEST:
         return None

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from cmdm.sweep import Param, SweepError, load_sweep
+from cmdm.tuning.space import Param
+from cmdm.tuning.sweep_file import SweepError, load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,0 +1,79 @@
+"""One sweep trial: a short driver function that runs a Ray TorchTrainer over `cmdm.train.train_loop_per_worker`
+(the same loop as train_ray.py: DDP, evaluation, best checkpoint) in the trial's own run folder, and the
+callback that hands each of the loop's reports on to Tune (Train -> Tune) with the trial doctor's diagnosis.
+"""
+from __future__ import annotations
+
+import re
+import traceback
+
+import ray.tune
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from cmdm.atomic import atomic_write_text
+from cmdm.config import absolute_paths, save_config
+from cmdm.run_files import SweepFiles
+from cmdm.train import make_trainer
+from cmdm.tuning.doctor import best_evaluation, diagnose, new_evaluations
+from cmdm.tuning.sweep_file import Sweep
+
+TRIAL_RESOURCE = "trial_driver"   # custom resource: a trial's driver holds no CPU, its Train workers do
+
+
+def _evidence(findings) -> str:
+    """The `diagnosis_detail` column: what each detector saw."""
+    return "; ".join(f"{f.rule.name}: {f.evidence}" for f in findings)
+
+
+def _rule_names(findings) -> tuple[str, ...]:
+    """The `diagnosis` column: the names of the rules that fired, which the searcher remedies. A tuple, not a
+    list: Tune's TensorBoard logger tries to plot a list as a histogram (and warns when it cannot)."""
+    return tuple(f.rule.name for f in findings)
+
+
+class TrialReportCallback(TuneReportCallback):
+    """Forwards rank 0's report to Tune (metrics are already reduced across workers by the loop), with
+    the trial's diagnosis, its best metric so far and whether an evaluation met every target."""
+
+    def __init__(self, metric: str, targets, rules=None):
+        super().__init__()
+        self.metric, self.targets, self.rules = metric, tuple(targets), rules
+        self.history: list[dict] = []
+        self.targets_met = False
+
+    def after_report(self, run_context, metrics, checkpoint):
+        m = dict(metrics[0])
+        self.history.append(m)
+        evals = new_evaluations(self.history)
+        best = best_evaluation(self.history, self.metric)
+        if best is not None:
+            m[f"best_{self.metric}"] = best[self.metric]
+        if evals and evals[-1] is m and self.targets and all(t.met(m) for t in self.targets):
+            self.targets_met = True
+        m["targets_met"] = self.targets_met
+        findings = diagnose(self.history, rules=self.rules)
+        m["diagnosis"] = _rule_names(findings)
+        m["diagnosis_detail"] = _evidence(findings)
+        super().after_report(run_context, [m] + list(metrics[1:]), checkpoint)
+
+
+def trial_driver(params: dict, sweep: Sweep) -> None:
+    """One trial: the sweep's base config + `params`, trained by a TorchTrainer in trials/<trial_id>/."""
+    trial_id = ray.tune.get_context().get_trial_id()
+    sweep_files = SweepFiles(sweep.sweep_dir)
+    files = sweep_files.trial(trial_id)           # = the trial config's run_dir: <trials>/<trial_id>
+    cfg = absolute_paths(sweep.trial_config(params, name=trial_id, output_root=str(sweep_files.trials)))
+    save_config(cfg, files.config)
+    callback = TrialReportCallback(sweep.metric, sweep.targets, sweep.doctor_rules)
+    trainer = make_trainer(cfg, files, callbacks=[callback])
+    try:
+        trainer.fit()
+    except Exception as exc:  # a crash, an OOM: report it as this trial's result; the sweep goes on
+        error = "".join(traceback.format_exception(exc))
+        findings = diagnose([], error, rules=sweep.doctor_rules)
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)]   # the worker's own error
+        atomic_write_text(files.error, error)
+        ray.tune.report({"failed": True, "error": (raised or lines)[-1][:200],
+                         "diagnosis": _rule_names(findings) or ("crashed",),
+                         "diagnosis_detail": _evidence(findings)})
