@@ -22,9 +22,13 @@ interfaces. So every process of the cluster runs with the single-machine setting
 needs the same setting to keep 127.0.0.1 in its address: `env` has it. The cluster has its own token
 (RAY_AUTH_MODE=token, a 0600 file under `base`), never ~/.ray/auth_token.
 
+Both nodes have the address 127.0.0.1: tell them apart by node id or resource label, not by IP.
+
 Other Ray instances may run on this machine at the same time: the cluster takes free ports (none of Ray's
-fixed defaults), a private temp dir, and `stop()` ends only its own processes: those whose environment holds
-this cluster's CLUSTER_MARKER (every process of a node inherits it, Ray's workers included), never `ray stop`.
+fixed defaults), a private temp dir, and `stop()` ends only its own processes, never `ray stop`: the
+descendants of its two `ray start` processes, and any process holding a file open under its temp dir (every
+Ray process of a node keeps its log files there; that also finds a worker orphaned by a killed raylet, and
+a driver of the cluster still running, whose Ray logs go there too).
 """
 from __future__ import annotations
 
@@ -42,7 +46,6 @@ import time
 from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
-CLUSTER_MARKER = "CMDM_TWO_NODE_CLUSTER"   # set in the environment of every process of a node: what stop() ends
 
 # `ray start` for the second node: allow joining a cluster (Ray forbids it under the single-machine setting)
 # and keep 127.0.0.1 as this node's address and as the head's, instead of the address of eth0.
@@ -144,7 +147,8 @@ class TwoNodeCluster:
         self.start_timeout_s = start_timeout_s
         self.log = log
         self.address = ""
-        self.env: dict[str, str] = {}         # the environment for a driver of this cluster: RAY_ADDRESS, token
+        self.env: dict[str, str] = {}   # the environment of a driver of this cluster (RAY_ADDRESS, token...): Ray
+        #                                 reads it when first imported, so join from a subprocess with env=env
         self.ray_temp_dir: Path | None = None  # the nodes' Ray session dirs (logs); removed at stop()
         self.head: subprocess.Popen | None = None
         self.second: subprocess.Popen | None = None
@@ -173,8 +177,7 @@ class TwoNodeCluster:
         ray_variables = {"RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
                          "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
         self.env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"} | ray_variables
-        node_env = self.env | {CLUSTER_MARKER: str(self.ray_temp_dir)}
-        node_env.pop("RAY_ADDRESS")
+        node_env = {k: v for k, v in self.env.items() if k != "RAY_ADDRESS"}
         common = [f"--node-ip-address={LOOPBACK}", f"--num-cpus={self.num_cpus}",
                   f"--object-store-memory={self.object_store_mb * 2**20}", "--min-worker-port=0",
                   "--max-worker-port=0", "--disable-usage-stats", "--block"]
@@ -281,19 +284,24 @@ class TwoNodeCluster:
         return pid
 
     def processes(self) -> list[int]:
-        """Pids of every process still running of this cluster's nodes (by CLUSTER_MARKER)."""
+        """Pids of every process of this cluster still running (see the module docstring)."""
         if self.ray_temp_dir is None:
             return []
-        marker = f"{CLUSTER_MARKER}={self.ray_temp_dir}".encode()
-        pids = []
+        found, todo = set(), [n.pid for n in (self.head, self.second) if n is not None and n.poll() is None]
+        while todo:
+            pid = todo.pop()
+            found.add(pid)
+            todo += _children(pid)
+        prefix = f"{self.ray_temp_dir}/"
         for entry in os.listdir("/proc"):
-            if entry.isdigit():
+            if entry.isdigit() and int(entry) not in found:
                 try:
-                    if marker in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
-                        pids.append(int(entry))
+                    if any(os.readlink(f"/proc/{entry}/fd/{fd}").startswith(prefix)
+                           for fd in os.listdir(f"/proc/{entry}/fd")):
+                        found.add(int(entry))
                 except OSError:
                     pass
-        return pids
+        return sorted(found)
 
     # -- stop ---------------------------------------------------------------------------------------------
     def stop(self, grace_s: float = 15.0):
