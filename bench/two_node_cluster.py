@@ -55,7 +55,9 @@ def main() -> int:
             return subprocess.run(command, env=cluster.env).returncode
         variables = " ".join(f"{k}={v}" for k, v in cluster.env.items()
                              if k.startswith("RAY_") and os.environ.get(k) != v)
-        print(f"address:     {cluster.address}  (head_node, second_node: {cluster.node_ids()})\n"
+        ids = cluster.node_ids()
+        print(f"address:     {cluster.address}\n"
+              f"node ids:    head {ids['head']} (resource head_node), second {ids['second']} (second_node)\n"
               f"shared:      {cluster.shared}\n"
               f"private:     {', '.join(map(str, cluster.private_paths))} (tmpfs on the second node)\n"
               f"ray logs:    {cluster.ray_temp_dir}/{{head,second}}/session_latest/logs\n"
