@@ -79,7 +79,7 @@ def cluster_unavailable() -> str | None:
             return f"`{tool}` is not on PATH (util-linux)"
     if os.geteuid() != 0:
         return "a private mount namespace for the second node needs root (`unshare -m` as root)"
-    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs tmpfs /mnt"], capture_output=True, text=True)
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs tmpfs /tmp"], capture_output=True, text=True)
     if probe.returncode != 0:
         return f"`unshare -m` + tmpfs mount not permitted here (no CAP_SYS_ADMIN?): {probe.stderr.strip()}"
     return None
