@@ -88,13 +88,16 @@ def main(argv=None) -> int:
 
     from cmdm.config import ConfigError
     from cmdm.data.humanml3d import DataError
-    from cmdm.evaluation.evaluator import load_evaluator
+    from cmdm.evaluation.fit import load_evaluator
     from cmdm.evaluation.metrics import replications_summary
-    from cmdm.evaluation.networks import CheckpointError as EvaluatorFilesError
     from cmdm.evaluation.word_vectorizer import VocabularyError
     from cmdm.model.checkpoint import CheckpointError
     try:
         cfg, model, diffusion = load_for_evaluation(args.checkpoint, args.config, args.overrides, args.device)
+    except (DataError, CheckpointError, ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    try:   # from here on, a CheckpointError is about the evaluator's files
         problem = check_against_config(args, cfg)
         if problem:
             print(f"error: {problem}", file=sys.stderr)
@@ -113,10 +116,10 @@ def main(argv=None) -> int:
             return 2
         if cfg.data.name != "humanml3d":
             evaluator = load_evaluator(cfg, device=args.device)
-    except (EvaluatorFilesError, VocabularyError) as err:
+    except (CheckpointError, VocabularyError) as err:
         print(f"error: evaluation.evaluator_dir / evaluation.glove_dir: {err}", file=sys.stderr)
         return 2
-    except (DataError, CheckpointError, ConfigError, FileNotFoundError, ValueError) as err:
+    except (DataError, ConfigError, FileNotFoundError, ValueError) as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     ev = cfg.evaluation

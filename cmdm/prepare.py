@@ -19,7 +19,7 @@ def check_data_root(cfg: Config) -> None:
 
 def prepare(cfg: Config, log=print) -> None:
     """Make sure the data and the evaluator exist before any worker starts (once, in the driver)."""
-    from cmdm.evaluation.evaluator import load_evaluator
+    from cmdm.evaluation.fit import load_evaluator
     check_data_root(cfg)
     check_config_text_model(cfg)   # before any work: a text model this machine lacks stops the run here
     if cfg.data.name == "synthetic":
