@@ -34,8 +34,8 @@ def main(argv=None) -> int:
         overrides.append(f"ray.address={args.address}")
     cfg = load_config_or_exit(args.config, overrides)
 
+    from cmdm.checkpoint_file import CheckpointError
     from cmdm.data.humanml3d import DataError
-    from cmdm.evaluation.networks import CheckpointError as EvaluatorFilesError
     from cmdm.model.text import TextModelError
     from cmdm.resources import ResourceError
     from cmdm.train import RunError, run_training
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     except (RunError, DataError, TextModelError, ResourceError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except EvaluatorFilesError as err:
+    except CheckpointError as err:   # the evaluator's files (last.pt and --resume-from come back as RunError)
         print(f"error: evaluation.evaluator_dir / glove_dir: {err}", file=sys.stderr)
         return 2
     stop = metrics["stop_reason"]

@@ -27,7 +27,9 @@ def main():
     from cmdm.data.humanml3d import dataset_from_config
     from cmdm.evaluation.generate import embed_generations, eval_indices, load_for_evaluation, score
     from cmdm.evaluation.evaluator import load_evaluator
+    from cmdm.prepare import prepare
     cfg, model, diffusion = load_for_evaluation(args.checkpoint, None)
+    prepare(cfg)
     evaluator = load_evaluator(cfg)
     ds = dataset_from_config(cfg.data, "test", train=False, seed=0, progress=False)
     idx = eval_indices(ds, args.samples, seed=0)

@@ -58,6 +58,7 @@ class DataConfig:
     contact_joints: list[int] = bounded([0, 10, 11, 12, 20, 21], ge=0, le=21)  # joints measured
     synthetic_num_clips: int = bounded(2000, ge=1)  # clips generated when name == synthetic and root is missing
     synthetic_seed: int = bounded(0, ge=0)        # seed of the synthetic generator
+    synthetic_num_points: int = bounded(1024, ge=1)  # scene points the synthetic generator writes per clip
 
 
 @dataclass

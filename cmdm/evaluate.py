@@ -88,13 +88,18 @@ def main(argv=None) -> int:
 
     from cmdm.config import ConfigError
     from cmdm.data.humanml3d import DataError
+    from cmdm.data.synthetic.writer import ensure_dataset
     from cmdm.evaluation.evaluator import load_evaluator
+    from cmdm.evaluation.fit import prepare_evaluator
     from cmdm.evaluation.metrics import replications_summary
-    from cmdm.evaluation.networks import CheckpointError as EvaluatorFilesError
     from cmdm.evaluation.word_vectorizer import VocabularyError
     from cmdm.model.checkpoint import CheckpointError
     try:
         cfg, model, diffusion = load_for_evaluation(args.checkpoint, args.config, args.overrides, args.device)
+    except (DataError, CheckpointError, ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    try:   # from here on, a CheckpointError is about the evaluator's files
         problem = check_against_config(args, cfg)
         if problem:
             print(f"error: {problem}", file=sys.stderr)
@@ -105,6 +110,9 @@ def main(argv=None) -> int:
         # evaluator of a synthetic / custom set may have to be fitted (minutes) after its data is read
         if cfg.data.name == "humanml3d":
             evaluator = load_evaluator(cfg, device=args.device)
+        if cfg.data.name == "synthetic":   # the embedded set is regenerated (deterministic) if it is not there
+            ensure_dataset(cfg.data.root, num_clips=cfg.data.synthetic_num_clips, seed=cfg.data.synthetic_seed,
+                           num_points=cfg.data.synthetic_num_points)
         split = dataset_from_config(cfg.data, args.split, train=False, progress=False)   # its files, up front
         if len(split) < cfg.evaluation.batch_size:
             print(f"error: --split {args.split}: {Path(cfg.data.root) / (args.split + '.txt')} yields {len(split)} "
@@ -112,11 +120,12 @@ def main(argv=None) -> int:
                   "evaluate on a larger split (--split test) or lower evaluation.batch_size=...", file=sys.stderr)
             return 2
         if cfg.data.name != "humanml3d":
+            prepare_evaluator(cfg)            # this command is its own driver: it fits the evaluator if needed
             evaluator = load_evaluator(cfg, device=args.device)
-    except (EvaluatorFilesError, VocabularyError) as err:
+    except (CheckpointError, VocabularyError) as err:
         print(f"error: evaluation.evaluator_dir / evaluation.glove_dir: {err}", file=sys.stderr)
         return 2
-    except (DataError, CheckpointError, ConfigError, FileNotFoundError, ValueError) as err:
+    except (DataError, ConfigError, FileNotFoundError, ValueError) as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     ev = cfg.evaluation

@@ -6,6 +6,9 @@ from pathlib import Path
 
 from cmdm.config import Config
 from cmdm.data.humanml3d import DataError, check_dataset, dataset_from_config
+from cmdm.data.synthetic.writer import ensure_dataset
+from cmdm.evaluation.evaluator import load_evaluator
+from cmdm.evaluation.fit import prepare_evaluator
 from cmdm.model.text import check_config_text_model, text_cache_path
 
 
@@ -17,21 +20,29 @@ def check_data_root(cfg: Config) -> None:
                         "or try the embedded dataset: python train_ray.py configs/demo.yaml")
 
 
-def prepare(cfg: Config, log=print) -> None:
-    """Make sure the data and the evaluator exist before any worker starts (once, in the driver)."""
-    from cmdm.evaluation.evaluator import load_evaluator
+def prepare_data(cfg: Config) -> None:
+    """The dataset a config asks for, there and whole: the embedded set generated (or reused) for
+    data.name == 'synthetic', then every file checked and the test split large enough to evaluate on."""
     check_data_root(cfg)
-    check_config_text_model(cfg)   # before any work: a text model this machine lacks stops the run here
     if cfg.data.name == "synthetic":
-        from cmdm.data.synthetic.writer import ensure_dataset
-        ensure_dataset(cfg.data.root, num_clips=cfg.data.synthetic_num_clips, seed=cfg.data.synthetic_seed)
+        ensure_dataset(cfg.data.root, num_clips=cfg.data.synthetic_num_clips, seed=cfg.data.synthetic_seed,
+                       num_points=cfg.data.synthetic_num_points)
     check_dataset(cfg.data.root, use_contacts=cfg.data.use_contacts)  # every file, once, before any worker
     test_set = dataset_from_config(cfg.data, "test", train=False, progress=False)
     if len(test_set) < cfg.evaluation.batch_size:
         raise DataError(f"{Path(cfg.data.root) / 'test.txt'} yields {len(test_set)} test clips, fewer than one "
                         f"R-precision batch (evaluation.batch_size = {cfg.evaluation.batch_size}): add test clips "
                         "(for the synthetic set: a larger data.synthetic_num_clips).")
-    load_evaluator(cfg, device="cpu", progress=True)  # builds and caches a fitted evaluator if needed
+
+
+def prepare(cfg: Config, log=print) -> None:
+    """Make sure the data, the evaluator and the caption features exist before any worker starts (once, in the
+    driver): workers only read them, so every evaluation of a run or a sweep uses the same data and evaluator."""
+    check_data_root(cfg)
+    check_config_text_model(cfg)   # before any work: a text model this machine lacks stops the run here
+    prepare_data(cfg)
+    prepare_evaluator(cfg, progress=True, log=log)   # fitted and cached for a synthetic / custom set if needed
+    load_evaluator(cfg, device="cpu")                # its files readable here, before any worker tries
     prepare_text_features(cfg, log=log)
 
 

@@ -6,10 +6,17 @@ lr, gradient clipping, dropout / drop_path from the model config, optional EMA, 
 epochs (metrics computed on the embeddings gathered from all workers), best-by-metric checkpoint,
 early stopping, a resumable `last.pt`, and a clean stop on a non-finite loss or gradient.
 
-The loop knows nothing of Tune: it calls `ray.train.report(metrics, checkpoint)` once per epoch.
+It reads as named phases over one `TrainState` (what changes from step to step; its `state_dict()` is
+what last.pt holds):
+
+    build -> resume -> [train_one_epoch -> evaluate (every N epochs) -> save_and_report] until a stop reason
+
+The loop knows nothing of Tune: it calls `ray.train.report(metrics, checkpoint)` once per epoch, and the
+run's last report carries how it ended (`TrainState.outcome`), which `run_training` reads from the Result.
 Outputs (the layout users of the guide know):
 
     outputs/<name>/config.yaml                      the resolved config
+    outputs/<name>/status.json                      how the run ended (for people and the sweep summary)
     outputs/<name>/logs/runtime.log                 [TRAIN] / [EVAL] / Best model lines
     outputs/<name>/logs/events.out.tfevents.*       TensorBoard: loss, grad, lr, metrics, sample motions
     outputs/<name>/checkpoints/last.pt              model, optimizer, scheduler, EMA, step, RNG
@@ -24,27 +31,42 @@ import logging
 import math
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+import ray.train
+import ray.train.torch as ray_torch
 import torch
 import torch.distributed as dist
+from ray.train.torch import TorchTrainer
 from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.tensorboard import SummaryWriter
 
 from cmdm.atomic import atomic_torch_save, atomic_write_text
+from cmdm.checkpoint_file import CheckpointError, read_checkpoint
 from cmdm.config import Config, absolute_paths, config_from_dict, config_hash, config_to_dict, save_config
 from cmdm.data.humanml3d import collate, dataset_from_config
+from cmdm.diffusion import build_diffusion
+from cmdm.evaluation.evaluator import Evaluator
+from cmdm.evaluation.evaluator import load_evaluator
+from cmdm.evaluation.generate import TABLE_KEYS, embed_generations, eval_indices, merge_shards, score
 from cmdm.evaluation.metrics import LOWER_IS_BETTER   # which way each metric is better
+from cmdm.model import build_model, load_model_weights
+from cmdm.model.checkpoint import check_weights, dit_settings_mismatch, extract_state_dict
 from cmdm.model.text import load_text_cache
 from cmdm.prepare import check_data_root, prepare
 from cmdm.ray_cluster import check_ray_token_settings, ray_is_up, start_ray
+from cmdm.resources import check_fits, cluster_offer, local_offer
 from cmdm.run_files import CHECKPOINT_VERSION, RunFiles, reconcile_best, save_best
-
+from cmdm.skeleton import recover_from_ric
+from cmdm.viz import render_motion_frames
 
 
 # ----------------------------------------------------------------------------
@@ -213,52 +235,149 @@ def _set_rng_state(state: dict, device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-class NonFiniteError(RuntimeError):
-    pass
+# ----------------------------------------------------------------------------
+# The training state: what changes from step to step, and what last.pt holds
+# ----------------------------------------------------------------------------
+
+# Stop reasons last.pt keeps: a rerun of such a run has nothing left to do. 'finished' is not kept (a rerun
+# with a larger training.max_epochs goes on), nor 'diverged' (last.pt is the epoch before; a rerun retries it).
+KEPT_STOP_REASONS = ("early_stopping", "max_steps")
+
+
+@dataclass
+class TrainState:
+    """The model, its optimiser, schedule and EMA, and the counters of the run.
+
+    `state_dict()` / `load_state_dict()` are the one place that says what a checkpoint (last.pt) holds."""
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    ema: EMA | None
+    best: BestTracker
+    config: dict                       # the run's config, kept in last.pt so a rerun can say what changed
+    device: torch.device
+    step: int = 0
+    epoch: int = 0                     # epochs completed
+    evaluations: int = 0
+    last_metrics: dict = field(default_factory=dict)   # the last evaluation's numbers + 'evaluations'
+    stop_reason: str | None = None     # None while the run goes on
+
+    def state_dict(self) -> dict:
+        """What last.pt holds. Every worker calls it: the RNG states of all workers are gathered into it."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
+                "step": self.step, "epoch": self.epoch, "evaluations": self.evaluations,
+                "best": self.best.state(), "metrics": self.last_metrics, "rng": _gather(_rng_state(self.device)),
+                "config": self.config,
+                "stop_reason": self.stop_reason if self.stop_reason in KEPT_STOP_REASONS else None,
+                "format": "cmdm-checkpoint", "version": CHECKPOINT_VERSION}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a last.pt; each worker takes its own RNG state (the last one when there were fewer)."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.best.load(state["best"])
+        self.step, self.epoch, self.evaluations = state["step"], state["epoch"], state["evaluations"]
+        self.last_metrics = state.get("metrics", {})
+        self.stop_reason = state.get("stop_reason") or None
+        rank, _ = _world()
+        _set_rng_state(state["rng"][min(rank, len(state["rng"]) - 1)], self.device)
+
+    def outcome(self) -> dict:
+        """How the run ended, for its last report: the stop reason, where it stopped (a diverged run: in the
+        epoch it did not complete) and its best evaluation (best_<metric> only once there is one)."""
+        epoch = self.epoch + 1 if self.stop_reason == "diverged" else self.epoch
+        out = {"stop_reason": self.stop_reason, "epoch": epoch,
+               "step": self.step, "evaluations": self.evaluations, "best_metric": self.best.metric,
+               "best_step": self.best.best_step}
+        if self.best.best is not None:
+            out[f"best_{self.best.metric}"] = self.best.best
+        return out
+
+
+def run_outcome(last_report: dict) -> dict:
+    """A run's last report -> what status.json holds and `run_training` returns."""
+    metric = last_report["best_metric"]
+    last_eval = {k: last_report[k] for k in TABLE_KEYS if k in last_report}
+    return {"stop_reason": last_report["stop_reason"], "epoch": last_report["epoch"], "step": last_report["step"],
+            "evaluations": last_report["evaluations"], "best_metric": metric,
+            "best": last_report.get(f"best_{metric}"), "best_step": last_report["best_step"],
+            "last_metrics": {**last_eval, "evaluations": last_report["evaluations"]} if last_eval else {}}
 
 
 # ----------------------------------------------------------------------------
-# The loop
+# What a worker builds once
 # ----------------------------------------------------------------------------
+
+@dataclass
+class Worker:
+    """One Ray worker's fixed parts: who it is, its data, the step module, its logs; nothing here is checkpointed."""
+    cfg: Config
+    files: RunFiles
+    rank: int
+    world: int
+    device: torch.device
+    log: logging.Logger                     # runtime.log + stdout on rank 0, silent elsewhere
+    writer: SummaryWriter | None            # TensorBoard, rank 0 only
+    train_set: object
+    test_set: object
+    sampler: DistributedSampler
+    loader: DataLoader
+    diffusion: object
+    step_module: torch.nn.Module            # TrainStep (DDP-wrapped with more than one worker)
+    params: list                            # the trainable parameters (what the gradient clip sees)
+    eval_idx: list                          # the fixed test items every evaluation generates for
+    ray_checkpoint: object                  # Ray's latest checkpoint of this run, None on a first attempt
+    inject_failure: Callable[[int], None]   # tests only: see failure_injection
+    evaluator: Evaluator | None = None      # loaded at the first evaluation
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def failure_injection(rank: int, first_attempt: bool) -> Callable[[int], None]:
+    """Tests only: with CMDM_INJECT_FAILURE_AT_STEP=N, rank 0 of a first attempt (no Ray checkpoint yet) raises
+    at step N (CMDM_INJECT_FAILURE_MESSAGE, or a default), to test retries and the trial doctor. The variables
+    are read once, here; without them the step calls a function that does nothing."""
+    at = int(os.environ.get("CMDM_INJECT_FAILURE_AT_STEP", "-1"))
+    if at < 0 or rank != 0 or not first_attempt:
+        return lambda step: None
+    message = os.environ.get("CMDM_INJECT_FAILURE_MESSAGE")
+
+    def fail_at(step: int) -> None:
+        if step == at:
+            raise RuntimeError(message or f"injected failure at step {step} (CMDM_INJECT_FAILURE_AT_STEP)")
+    return fail_at
+
 
 def _since_process_start(t: float) -> str:
-    """', N s after its process started' (Ray's worker start-up before the loop runs), when psutil tells."""
+    """'; the loop began N s after its process started' (Ray's worker start-up and this module's imports)."""
     try:
-        import psutil
+        import psutil   # optional: without it the line says nothing about the start-up
         return f"; the loop began {t - psutil.Process().create_time():.1f} s after its process started"
     except Exception:
         return ""
 
 
-def train_loop_per_worker(loop_config: dict) -> None:
-    """What each Ray worker runs. loop_config: {'config': Config as dict, 'run_dir': abs path,
-    'init_from': optional weights path, 'partial': bool}."""
+def build(cfg: Config, files: RunFiles) -> tuple[Worker, TrainState]:
+    """Data, model, diffusion, optimiser, lr schedule, EMA and logs of this worker, seeded per rank."""
     t_enter = time.time()
-    import ray.train
-    import ray.train.torch as ray_torch
-
-    from cmdm.diffusion import build_diffusion
-    from cmdm.evaluation.generate import embed_generations, eval_indices, merge_shards, score
-    from cmdm.evaluation.evaluator import load_evaluator
-    from cmdm.model import build_model, load_model_weights
-
-    cfg = config_from_dict(loop_config["config"], source="run config")
-    files = RunFiles(loop_config["run_dir"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray_torch.get_device()
-    is_main = rank == 0
-    log = make_logger(files.log_file if is_main else None)
     tr = cfg.training
-
+    log = make_logger(files.log_file if rank == 0 else None)
     torch.manual_seed(cfg.seed + rank)
     random.seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
 
     # -------- data
-    t_data = time.time()
-    train_set = dataset_from_config(cfg.data, "train", train=True, seed=cfg.seed, progress=is_main)
-    test_set = dataset_from_config(cfg.data, "test", train=False, seed=cfg.seed, progress=is_main)
+    train_set = dataset_from_config(cfg.data, "train", train=True, seed=cfg.seed, progress=rank == 0)
+    test_set = dataset_from_config(cfg.data, "test", train=False, seed=cfg.seed, progress=rank == 0)
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
                                  drop_last=True)
     loader = DataLoader(train_set, batch_size=cfg.task.train.batch_size, sampler=sampler, collate_fn=collate,
@@ -270,197 +389,262 @@ def train_loop_per_worker(loop_config: dict) -> None:
                          f"{len(train_set)} training clips: lower the batch size")
     total_steps = tr.max_steps or tr.max_epochs * steps_per_epoch
 
-    # -------- model, optimiser, schedule
+    # -------- model, diffusion, optimiser, schedule, EMA
     t_model = time.time()
     model = build_model(cfg).to(device)
     load_text_cache(model, cfg)
     diffusion = build_diffusion(cfg.diffusion)
-    step_module = ray_torch.prepare_model(TrainStep(model, diffusion), move_to_device=False) if world > 1 \
-        else TrainStep(model, diffusion)
+    step_module = TrainStep(model, diffusion)
+    if world > 1:
+        step_module = ray_torch.prepare_model(step_module, move_to_device=False)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tr.lr, weight_decay=tr.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, tr.warmup_steps, total_steps, tr.lr_scheduler))
     ema = EMA(model, tr.ema.decay) if tr.ema.enabled else None
-    best = BestTracker(tr.best_metric, tr.early_stopping.min_delta)
-    step, start_epoch, evaluations = 0, 0, 0
-    last_metrics: dict = {}
-    stop_reason = None
+    state = TrainState(model, optimizer, scheduler, ema, BestTracker(tr.best_metric, tr.early_stopping.min_delta),
+                       config_to_dict(cfg), device)
 
-    # -------- resume from the newest of Ray's checkpoint (a retried worker group, a restored run) and our
-    # last.pt (a rerun after a kill); otherwise start from --resume-from weights, if given.
-    ray_ckpt = ray.train.get_checkpoint()
+    ray_checkpoint = ray.train.get_checkpoint()
+    worker = Worker(cfg, files, rank, world, device, log, SummaryWriter(str(files.logs)) if rank == 0 else None,
+                    train_set, test_set, sampler, loader, diffusion, step_module, params,
+                    eval_idx=eval_indices(test_set, tr.eval_num_samples, seed=cfg.seed), ray_checkpoint=ray_checkpoint,
+                    inject_failure=failure_injection(rank, first_attempt=ray_checkpoint is None))
+    n_params = sum(p.numel() for p in params)
+    log.info(f"Run {cfg.name}: {world} worker(s) on {device.type}, {len(train_set)} train clips, "
+             f"{steps_per_epoch} steps/epoch, {total_steps} steps, {n_params / 1e6:.2f}M trainable parameters")
+    log.info(f"Set-up in this worker: {time.time() - t_enter:.1f} s (data {t_model - t_enter:.1f} s, "
+             f"model and the rest {time.time() - t_model:.1f} s)" + _since_process_start(t_enter))
+    return worker, state
+
+
+# ----------------------------------------------------------------------------
+# The phases
+# ----------------------------------------------------------------------------
+
+def resume(worker: Worker, state: TrainState, init_from: str | None, partial: bool) -> None:
+    """Continue from the newest of Ray's checkpoint (a retried worker group, a restored run) and our last.pt
+    (a rerun after a kill); otherwise start from --resume-from weights, if given."""
     candidates = []
-    if ray_ckpt is not None:
-        with ray_ckpt.as_directory() as d:
-            candidates.append((Path(d) / "last.pt", torch.load(Path(d) / "last.pt", map_location="cpu", weights_only=True)))
-    if files.last.is_file():
-        candidates.append((files.last, torch.load(files.last, map_location="cpu", weights_only=True)))
-    resume_path, state = max(candidates, key=lambda c: c[1]["step"]) if candidates else (None, None)
-    if resume_path is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
-        best.load(state["best"])
-        step, start_epoch, evaluations = state["step"], state["epoch"], state["evaluations"]
-        last_metrics = state.get("metrics", {})
-        stop_reason = state.get("stop_reason") or None
-        _set_rng_state(state["rng"][min(rank, len(state["rng"]) - 1)], device)
-        log.info(f"Resumed from {resume_path} at epoch {start_epoch}, step {step}, "
-                 f"lr {scheduler.get_last_lr()[0]:.2e}")
-        if is_main:
-            reconcile_best(files)
-    elif loop_config.get("init_from"):
-        report = load_model_weights(model, loop_config["init_from"], strict=not loop_config.get("partial"),
-                                    partial=bool(loop_config.get("partial")), verbose=False)
-        if ema is not None:
-            ema = EMA(model, tr.ema.decay)
-        log.info(f"Initialised weights from {report.details()}")
+    if worker.ray_checkpoint is not None:
+        with worker.ray_checkpoint.as_directory() as d:
+            if (Path(d) / "last.pt").is_file():   # the last report of a run that diverged in its first epoch has none
+                candidates.append((Path(d) / "last.pt", read_checkpoint(Path(d) / "last.pt")))
+    if worker.files.last.is_file():
+        candidates.append((worker.files.last, read_checkpoint(worker.files.last)))
+    if candidates:
+        path, checkpoint = max(candidates, key=lambda c: c[1]["step"])
+        state.load_state_dict(checkpoint)
+        worker.log.info(f"Resumed from {path} at epoch {state.epoch}, step {state.step}, "
+                        f"lr {state.scheduler.get_last_lr()[0]:.2e}")
+        if worker.is_main:
+            reconcile_best(worker.files)
+    elif init_from:
+        report = load_model_weights(state.model, init_from, strict=not partial, partial=partial, verbose=False)
+        if state.ema is not None:
+            state.ema = EMA(state.model, worker.cfg.training.ema.decay)
+        worker.log.info(f"Initialised weights from {report.details()}")
 
-    writer = None
-    if is_main:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(files.logs))
-        n_params = sum(p.numel() for p in params)
-        log.info(f"Run {cfg.name}: {world} worker(s) on {device.type}, {len(train_set)} train clips, "
-                 f"{steps_per_epoch} steps/epoch, {total_steps} steps, {n_params / 1e6:.2f}M trainable parameters")
-        log.info(f"Set-up in this worker: {time.time() - t_enter:.1f} s (imports {t_data - t_enter:.1f} s, "
-                 f"data {t_model - t_data:.1f} s, model and the rest {time.time() - t_model:.1f} s)"
-                 + _since_process_start(t_enter))
 
-    evaluator = None
-    eval_idx = eval_indices(test_set, tr.eval_num_samples, seed=cfg.seed)
-    fail_at = int(os.environ.get("CMDM_INJECT_FAILURE_AT_STEP", "-1"))
-
-    if stop_reason:
-        log.info(f"This run already ended ({stop_reason}) at step {step}: nothing to do.")
-    epochs_done = start_epoch
-    for epoch in range(start_epoch, tr.max_epochs):
-        if stop_reason:
+def train_one_epoch(worker: Worker, state: TrainState) -> dict:
+    """One pass over the training data; returns the epoch's numbers. Stops early at training.max_steps
+    (stop_reason 'max_steps'), or on a non-finite loss or gradient ('diverged': that step is not taken, and
+    what is returned is its loss and gradient norm)."""
+    tr = worker.cfg.training
+    worker.sampler.set_epoch(state.epoch)
+    worker.step_module.train()
+    losses, grads, t_epoch = [], [], time.time()
+    for it, batch in enumerate(worker.loader, start=1):
+        worker.inject_failure(state.step)
+        loss, grad = forward_backward(worker, state, batch)
+        if not (math.isfinite(loss) and math.isfinite(grad)):
+            stop_diverged(worker, state, loss, grad)
+            return {"loss": loss, "grad_norm_max": grad}
+        optimizer_step(state)
+        losses.append(loss)
+        grads.append(grad)
+        log_step(worker, state, it, loss, grad)
+        if tr.max_steps and state.step >= tr.max_steps:
+            state.stop_reason = "max_steps"
             break
-        sampler.set_epoch(epoch)
-        step_module.train()
-        epoch_loss, epoch_batches, t_epoch = 0.0, 0, time.time()
-        grad_sum, grad_max = 0.0, 0.0
-        for it, batch in enumerate(loader, start=1):
-            if fail_at >= 0 and step == fail_at and ray_ckpt is None and ctx.get_world_rank() == 0:
-                raise RuntimeError(os.environ.get("CMDM_INJECT_FAILURE_MESSAGE")
-                                   or f"injected failure at step {step} (CMDM_INJECT_FAILURE_AT_STEP)")
-            loss = step_module(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad = torch.nn.utils.clip_grad_norm_(params, tr.grad_clip if tr.grad_clip > 0 else float("inf"))
-            loss_value = _mean_across(float(loss.detach()), device)
-            if not (math.isfinite(loss_value) and math.isfinite(float(grad))):
-                stop_reason = "diverged"
-                what = "loss" if not math.isfinite(loss_value) else "gradient norm"
-                log.info(f"[ERROR] Non-finite {what} at epoch {epoch + 1}, step {step + 1} (loss {loss_value}, "
-                         f"grad {float(grad)}). Likely cause: the learning rate is too high or gradients explode. "
-                         f"Remedy: lower training.lr (e.g. {tr.lr / 2:.1e}) and clip harder "
-                         f"(training.grad_clip=0.5). The best checkpoint so far is kept.")
-                break
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update(model)
-            step += 1
-            epoch_loss += loss_value
-            epoch_batches += 1
-            grad_sum, grad_max = grad_sum + float(grad), max(grad_max, float(grad))
-            if is_main and (step % tr.log_every_steps == 0 or it == steps_per_epoch):
-                lr_now = scheduler.get_last_lr()[0]
-                log.info(f"[TRAIN] ==> Epoch: {epoch + 1:3d} | Iter: {it:5d} | Step: {step:7d} | "
-                         f"Loss: {loss_value:8.5f} | Grad: {float(grad):6.3f} | LR: {lr_now:.2e}")
-                writer.add_scalar("train/loss", loss_value, step)
-                writer.add_scalar("train/grad_norm", float(grad), step)
-                writer.add_scalar("train/lr", lr_now, step)
-            if tr.max_steps and step >= tr.max_steps:
-                stop_reason = "max_steps"
-                break
-        if stop_reason == "diverged":
+    state.epoch += 1
+    avg_loss, seconds = sum(losses) / max(1, len(losses)), time.time() - t_epoch
+    if worker.is_main:
+        worker.log.info(f"Epoch {state.epoch:3d} completed. Avg Loss: {avg_loss:.6f} ({seconds:.1f} s)")
+        worker.writer.add_scalar("train/epoch_loss", avg_loss, state.step)
+    return {"epoch": state.epoch, "step": state.step, "loss": avg_loss, "lr": state.scheduler.get_last_lr()[0],
+            "grad_norm": sum(grads) / max(1, len(grads)), "grad_norm_max": max(grads, default=0.0),
+            "epoch_seconds": seconds}
+
+
+def forward_backward(worker: Worker, state: TrainState, batch) -> tuple[float, float]:
+    """The batch's loss (averaged over workers) and its clipped gradient norm; the gradients are left in place."""
+    tr = worker.cfg.training
+    loss = worker.step_module(batch)
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad = torch.nn.utils.clip_grad_norm_(worker.params, tr.grad_clip if tr.grad_clip > 0 else float("inf"))
+    return _mean_across(float(loss.detach()), worker.device), float(grad)
+
+
+def optimizer_step(state: TrainState) -> None:
+    """Take the step: the weights, the lr schedule, the EMA, the step counter."""
+    state.optimizer.step()
+    state.scheduler.step()
+    if state.ema is not None:
+        state.ema.update(state.model)
+    state.step += 1
+
+
+def log_step(worker: Worker, state: TrainState, it: int, loss: float, grad: float) -> None:
+    """A [TRAIN] line and TensorBoard scalars every training.log_every_steps steps and at the end of an epoch."""
+    if worker.is_main and (state.step % worker.cfg.training.log_every_steps == 0 or it == len(worker.loader)):
+        lr = state.scheduler.get_last_lr()[0]
+        worker.log.info(f"[TRAIN] ==> Epoch: {state.epoch + 1:3d} | Iter: {it:5d} | Step: {state.step:7d} | "
+                        f"Loss: {loss:8.5f} | Grad: {grad:6.3f} | LR: {lr:.2e}")
+        worker.writer.add_scalar("train/loss", loss, state.step)
+        worker.writer.add_scalar("train/grad_norm", grad, state.step)
+        worker.writer.add_scalar("train/lr", lr, state.step)
+
+
+def stop_diverged(worker: Worker, state: TrainState, loss: float, grad: float) -> None:
+    state.stop_reason = "diverged"
+    tr = worker.cfg.training
+    what = "loss" if not math.isfinite(loss) else "gradient norm"
+    worker.log.info(f"[ERROR] Non-finite {what} at epoch {state.epoch + 1}, step {state.step + 1} (loss {loss}, "
+                    f"grad {grad}). Likely cause: the learning rate is too high or gradients explode. "
+                    f"Remedy: lower training.lr (e.g. {tr.lr / 2:.1e}) and clip harder "
+                    f"(training.grad_clip=0.5). The best checkpoint so far is kept.")
+
+
+def evaluation_due(worker: Worker, state: TrainState) -> bool:
+    """Every training.eval_every_epochs epochs, and after the last one."""
+    tr = worker.cfg.training
+    return state.epoch % tr.eval_every_epochs == 0 or state.epoch == tr.max_epochs or state.stop_reason == "max_steps"
+
+
+def evaluate(worker: Worker, state: TrainState) -> dict:
+    """Generate for the fixed test items (each worker its share, with the EMA weights when there are), score the
+    gathered embeddings on rank 0; a new best is saved as model_best.pt; early stopping counts here.
+    Returns the evaluation's numbers."""
+    cfg, tr, ev = worker.cfg, worker.cfg.training, worker.cfg.evaluation
+    t_eval = time.time()
+    if worker.evaluator is None:
+        worker.evaluator = load_evaluator(cfg, device=worker.device)
+    with (state.ema.applied(state.model) if state.ema is not None else nullcontext()):
+        shard = embed_generations(state.model, worker.diffusion, worker.test_set,
+                                  worker.eval_idx[worker.rank::worker.world], worker.evaluator,
+                                  sampler=ev.sampler, steps=ev.ddim_steps, eta=ev.ddim_eta,
+                                  guidance_scale=ev.guidance_scale, batch_size=ev.batch_size, seed=cfg.seed)
+        evaluated_weights = copy.deepcopy(state.model.state_dict()) if worker.is_main else None
+    emb = merge_shards(_gather(shard))
+    result = _broadcast(score(emb, rng=np.random.default_rng(cfg.seed)) if worker.is_main else None)
+    state.evaluations += 1
+    numbers = {k: v for k, v in result.items() if v is not None}
+    metrics = {**numbers, "evaluations": state.evaluations, "eval_seconds": time.time() - t_eval}
+    improved = state.best.update(result[tr.best_metric], state.step)
+    if worker.is_main:
+        log_evaluation(worker, state, result, emb["sample"])
+        if improved and tr.save_best:
+            record = {**numbers, "step": state.step, "epoch": state.epoch, "best_metric": tr.best_metric,
+                      "config_hash": config_hash(cfg)}
+            save_best(worker.files, evaluated_weights, record, cfg)
+            worker.log.info(f"✓ Best model saved! {tr.best_metric.upper() if tr.best_metric == 'fid' else tr.best_metric}: "
+                            f"{result[tr.best_metric]:.4f} (Step: {state.step})")
+    if tr.early_stopping.enabled and state.best.bad_evals >= tr.early_stopping.patience:
+        state.stop_reason = "early_stopping"
+        worker.log.info(f"Early stopping: {tr.best_metric} has not improved by more than "
+                        f"{tr.early_stopping.min_delta} for {state.best.bad_evals} evaluations "
+                        f"(best {state.best.best:.4f} at step {state.best.best_step}).")
+    state.last_metrics = {**numbers, "evaluations": state.evaluations}
+    return metrics
+
+
+def log_evaluation(worker: Worker, state: TrainState, result: dict, sample) -> None:
+    worker.log.info(f"[EVAL] FID: {result['fid']:.4f} Top1: {result['top1']:.4f} Top2: {result['top2']:.4f} "
+                    f"Top3: {result['top3']:.4f} MM-Dist: {result['mm_dist']:.4f} "
+                    f"(Epoch: {state.epoch}, Step: {state.step})")
+    for k, v in result.items():
+        if v is not None:
+            worker.writer.add_scalar(f"eval/{k}", v, state.step)
+    _log_sample(worker.writer, sample, state.step)
+
+
+def epoch_report(state: TrainState, metrics: dict) -> dict:
+    """The epoch's numbers + the last evaluation's (carried between evaluations) + the best so far + stop_reason
+    ('' while the run goes on); the run's last report also carries its outcome."""
+    report = {**metrics, **{k: v for k, v in state.last_metrics.items() if k not in metrics}}
+    if state.best.best is not None:
+        report[f"best_{state.best.metric}"] = state.best.best
+    report["stop_reason"] = state.stop_reason or ""
+    if state.stop_reason:
+        report.update(state.outcome())
+    return report
+
+
+def save_and_report(worker: Worker, state: TrainState, metrics: dict) -> None:
+    """last.pt (every epoch: what a rerun resumes), then the report with last.pt as its Ray checkpoint."""
+    checkpoint = state.state_dict()          # on every worker: it gathers their RNG states
+    if worker.is_main:
+        atomic_torch_save(checkpoint, worker.files.last)
+    report(worker, metrics, worker.files.last)
+
+
+def report(worker: Worker, metrics: dict, last_pt: Path) -> None:
+    """ray.train.report on every worker. Rank 0 attaches last_pt (a hard link when it can) as Ray's checkpoint,
+    what a retried worker group resumes from; an empty one when there is no last.pt yet. Every report of rank 0
+    carries a checkpoint because Ray's Result.metrics is the report of the latest checkpoint."""
+    if not worker.is_main:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        if last_pt.is_file():
+            if _same_fs(last_pt, tmp):
+                os.link(last_pt, Path(tmp) / "last.pt")
+            else:
+                shutil.copyfile(last_pt, Path(tmp) / "last.pt")
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def finish(worker: Worker, last_report: dict) -> None:
+    """status.json (how the run ended, for people and the sweep summary) and the TensorBoard file closed."""
+    if worker.is_main:
+        atomic_write_text(worker.files.status, json.dumps(run_outcome(last_report), indent=2) + "\n")
+        worker.writer.close()
+
+
+# ----------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """What each Ray worker runs. loop_config: {'config': Config as dict, 'run_dir': abs path,
+    'init_from': optional weights path, 'partial': bool}."""
+    cfg = config_from_dict(loop_config["config"], source="run config")
+    worker, state = build(cfg, RunFiles(loop_config["run_dir"]))
+    resume(worker, state, loop_config.get("init_from"), bool(loop_config.get("partial")))
+
+    if state.stop_reason or state.epoch >= cfg.training.max_epochs:     # a rerun of a run that has ended
+        if state.stop_reason:
+            worker.log.info(f"This run already ended ({state.stop_reason}) at step {state.step}: nothing to do.")
+        state.stop_reason = state.stop_reason or "finished"
+        last_report = {**state.last_metrics, **state.outcome()}
+        save_and_report(worker, state, last_report)
+
+    while state.stop_reason is None:
+        metrics = train_one_epoch(worker, state)
+        if state.stop_reason == "diverged":     # no last.pt of half an epoch: the report keeps the epoch before's
+            last_report = {**state.last_metrics, **state.outcome(), **metrics}
+            report(worker, last_report, worker.files.last)
             break
+        if evaluation_due(worker, state):
+            metrics.update(evaluate(worker, state))
+        if state.stop_reason is None and state.epoch == cfg.training.max_epochs:
+            state.stop_reason = "finished"
+        last_report = epoch_report(state, metrics)
+        save_and_report(worker, state, last_report)
 
-        avg_loss = epoch_loss / max(1, epoch_batches)
-        epoch_seconds = time.time() - t_epoch
-        if is_main:
-            log.info(f"Epoch {epoch + 1:3d} completed. Avg Loss: {avg_loss:.6f} ({epoch_seconds:.1f} s)")
-            writer.add_scalar("train/epoch_loss", avg_loss, step)
-        metrics = {"epoch": epoch + 1, "step": step, "loss": avg_loss, "lr": scheduler.get_last_lr()[0],
-                   "grad_norm": grad_sum / max(1, epoch_batches), "grad_norm_max": grad_max,
-                   "epoch_seconds": epoch_seconds}
-
-        # -------- evaluation
-        last_epoch = epoch + 1 == tr.max_epochs or stop_reason == "max_steps"
-        if (epoch + 1) % tr.eval_every_epochs == 0 or last_epoch:
-            t_eval = time.time()
-            if evaluator is None:
-                evaluator = load_evaluator(cfg, device=device, progress=is_main)
-            with (ema.applied(model) if ema is not None else nullcontext()):
-                shard = embed_generations(model, diffusion, test_set, eval_idx[rank::world], evaluator,
-                                          sampler=cfg.evaluation.sampler, steps=cfg.evaluation.ddim_steps,
-                                          eta=cfg.evaluation.ddim_eta, guidance_scale=cfg.evaluation.guidance_scale,
-                                          batch_size=cfg.evaluation.batch_size, seed=cfg.seed)
-                model_state = copy.deepcopy(model.state_dict()) if is_main else None
-            emb = merge_shards(_gather(shard))
-            result = score(emb, rng=np.random.default_rng(cfg.seed)) if is_main else None
-            result = _broadcast(result)
-            evaluations += 1
-            metrics.update({k: v for k, v in result.items() if v is not None})
-            metrics["evaluations"] = evaluations
-            metrics["eval_seconds"] = time.time() - t_eval
-            improved = best.update(result[tr.best_metric], step)
-            if is_main:
-                log.info(f"[EVAL] FID: {result['fid']:.4f} Top1: {result['top1']:.4f} Top2: {result['top2']:.4f} "
-                         f"Top3: {result['top3']:.4f} MM-Dist: {result['mm_dist']:.4f} (Epoch: {epoch + 1}, Step: {step})")
-                for k, v in result.items():
-                    if v is not None:
-                        writer.add_scalar(f"eval/{k}", v, step)
-                _log_sample(writer, emb["sample"], step)
-                if improved and tr.save_best:
-                    record = {**{k: v for k, v in result.items() if v is not None}, "step": step, "epoch": epoch + 1,
-                              "best_metric": tr.best_metric, "config_hash": config_hash(cfg)}
-                    save_best(files, model_state, record, cfg)
-                    log.info(f"✓ Best model saved! {tr.best_metric.upper() if tr.best_metric == 'fid' else tr.best_metric}: "
-                             f"{result[tr.best_metric]:.4f} (Step: {step})")
-            if tr.early_stopping.enabled and best.bad_evals >= tr.early_stopping.patience:
-                stop_reason = "early_stopping"
-                if is_main:
-                    log.info(f"Early stopping: {tr.best_metric} has not improved by more than "
-                             f"{tr.early_stopping.min_delta} for {best.bad_evals} evaluations "
-                             f"(best {best.best:.4f} at step {best.best_step}).")
-            last_metrics = {k: metrics[k] for k in metrics if k in result or k == "evaluations"}
-        metrics.update({k: v for k, v in last_metrics.items() if k not in metrics})
-        if best.best is not None:
-            metrics[f"best_{tr.best_metric}"] = best.best
-        metrics["stop_reason"] = stop_reason or ""
-
-        # -------- checkpoint (every epoch) and report
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else None,
-                 "step": step, "epoch": epoch + 1, "evaluations": evaluations, "best": best.state(),
-                 "metrics": last_metrics, "rng": _gather(_rng_state(device)), "config": config_to_dict(cfg),
-                 "stop_reason": stop_reason if stop_reason in ("early_stopping", "max_steps") else None,
-                 "format": "cmdm-checkpoint", "version": CHECKPOINT_VERSION}
-        if is_main:
-            atomic_torch_save(state, files.last)
-            with tempfile.TemporaryDirectory() as tmp:
-                os.link(files.last, Path(tmp) / "last.pt") if _same_fs(files.last, tmp) else \
-                    atomic_torch_save(state, Path(tmp) / "last.pt")
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(metrics)
-        epochs_done = epoch + 1
-
-    if stop_reason == "diverged":
-        ray.train.report({**last_metrics, "epoch": epochs_done + 1, "step": step, "stop_reason": "diverged",
-                          "evaluations": evaluations, "loss": loss_value, "grad_norm_max": float(grad)})
-    if is_main:
-        status = {"stop_reason": stop_reason or "finished", "epoch": epochs_done, "step": step, "evaluations": evaluations, "best_metric": tr.best_metric,
-                  "best": best.best, "best_step": best.best_step, "last_metrics": last_metrics}
-        atomic_write_text(files.status, json.dumps(status, indent=2) + "\n")
-        writer.close()
+    finish(worker, last_report)
 
 
 def _same_fs(a: Path, b: str) -> bool:
@@ -474,8 +658,6 @@ def _log_sample(writer, sample, step) -> None:
     """One generated motion as a strip of stick-figure frames (and its real counterpart) in TensorBoard."""
     if sample is None:
         return
-    from cmdm.skeleton import recover_from_ric
-    from cmdm.viz import render_motion_frames
     for tag, feats in (("generated", sample["features"]), ("real", sample["real"])):
         joints = recover_from_ric(np.asarray(feats, np.float32))
         frames = render_motion_frames(joints, title=sample["text"][:60], every=max(1, len(joints) // 6), size=200)
@@ -495,7 +677,6 @@ class RunError(Exception):
 def check_rerun(cfg: Config, files: RunFiles) -> list[str]:
     """A rerun under the same name resumes its last.pt: refuse when it cannot be read or the model differs
     (the weights would not fit), and return the other keys that changed so the caller can say so."""
-    from cmdm.model.checkpoint import CheckpointError, read_checkpoint
     if not files.last.is_file():
         return []
     try:
@@ -524,9 +705,6 @@ def check_rerun(cfg: Config, files: RunFiles) -> list[str]:
 def check_init_from(cfg: Config, init_from: str | None, partial: bool) -> None:
     """--resume-from must be a file of weights that fit this config's model (all of them, or with --partial
     at least one key): checked in the driver before any data is prepared or any worker starts."""
-    from cmdm.model import build_model
-    from cmdm.model.checkpoint import (CheckpointError, check_weights, dit_settings_mismatch, extract_state_dict,
-                                       read_checkpoint)
     if init_from is None:
         if partial:
             raise RunError("--partial only changes how --resume-from weights load: give --resume-from "
@@ -561,8 +739,6 @@ def make_trainer(cfg: Config, files: RunFiles, *, init_from: str | None = None, 
                  callbacks=()):
     """The TorchTrainer of one run (train_ray.py) or one sweep trial: workers and their resources, Ray's
     checkpoints under files.ray (what a retried worker group resumes from), worker-failure retries."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
     per_worker = {"CPU": cfg.ray.cpus_per_worker}
     if cfg.ray.use_gpu:
         per_worker["GPU"] = cfg.ray.gpus_per_worker or 1
@@ -580,8 +756,7 @@ def make_trainer(cfg: Config, files: RunFiles, *, init_from: str | None = None, 
 
 
 def run_training(cfg: Config, *, init_from: str | None = None, partial: bool = False) -> dict:
-    """Run one training to its end; returns the final metrics (with 'stop_reason') and the run folder."""
-    from cmdm.resources import check_fits, cluster_offer, local_offer
+    """Run one training to its end; returns how it ended (`run_outcome` of its last report) and the run folder."""
     cfg = absolute_paths(cfg)
     where = "the config (ray.* keys)"
     check_data_root(cfg)
@@ -603,9 +778,7 @@ def run_training(cfg: Config, *, init_from: str | None = None, partial: bool = F
     print(f"Run folder: {files.root}  (TensorBoard: tensorboard --logdir {files.logs} --host 127.0.0.1)")
 
     trainer = make_trainer(cfg, files, init_from=init_from, partial=partial)
-    if files.status.exists():
+    if files.status.exists():      # the worker writes a new one at the end; a failed run leaves none
         files.status.unlink()
-    trainer.fit()
-    status = json.loads(files.status.read_text())
-    status["run_dir"] = str(files.root)
-    return status
+    result = trainer.fit()         # its metrics: the run's last report (every report carries a checkpoint)
+    return {**run_outcome(result.metrics), "run_dir": str(files.root)}

@@ -24,7 +24,7 @@ def tiny(tmp_path_factory):
 def tiny_config(tiny, **extra) -> dict:
     """Dotted overrides of configs/demo.yaml for a seconds-long run on the `tiny` set (16 steps per epoch)."""
     values = {
-        "output_root": tiny / "outputs", "data.root": tiny / "data", "data.synthetic_num_clips": 200,
+        "output_root": tiny / "outputs", "data.root": tiny / "data", "data.synthetic_num_clips": 200, "data.synthetic_num_points": 256,
         "data.contact_num_points": 64, "evaluation.evaluator_dir": tiny / "evaluator",
         "model.latent_dim": 32, "model.num_layers": "[1,1]", "model.num_heads": 2, "model.dim_feedforward": 64,
         "model.condition_embedder.num_latents": 4, "model.condition_embedder.contact_num_tokens": 8,

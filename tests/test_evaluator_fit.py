@@ -150,12 +150,12 @@ def test_matching_loss_is_the_reference_hinge_with_shifted_negatives():
 
 def test_load_evaluator_from_a_config_uses_the_cached_fitted_evaluator(fitted):
     from types import SimpleNamespace
-    from cmdm.evaluation import load_evaluator
+    from cmdm.evaluation.evaluator import load_evaluator
     root, out, path = fitted
     cfg = SimpleNamespace(data=SimpleNamespace(name="custom", root=str(root), min_motion_len=40, max_motion_len=200),
                           evaluation=SimpleNamespace(evaluator_dir=str(out), glove_dir="unused"))
     mtime = path.stat().st_mtime_ns
-    ev = load_evaluator(cfg, progress=False)
+    ev = load_evaluator(cfg)
     assert ev.source == str(path) and path.stat().st_mtime_ns == mtime
 
 

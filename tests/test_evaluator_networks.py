@@ -230,7 +230,7 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
 
 def test_load_evaluator_from_a_humanml3d_config(official):
     from cmdm.config import Config
-    from cmdm.evaluation import load_evaluator
+    from cmdm.evaluation.evaluator import load_evaluator
     root, _ = official
     cfg = Config()
     cfg.evaluation.evaluator_dir, cfg.evaluation.glove_dir = str(root), str(root / "glove")

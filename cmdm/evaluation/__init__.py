@@ -1,24 +1,21 @@
 """Evaluation: the text-to-motion evaluator (official-weight compatible), its metrics, and evaluator fitting.
 
-    from cmdm.evaluation import load_evaluator, metrics
-    ev = load_evaluator(cfg)                       # official HumanML3D evaluator, or the fitted one for other data
+    from cmdm.evaluation import metrics
+    from cmdm.evaluation.evaluator import load_evaluator
+    ev = load_evaluator(cfg)                       # official HumanML3D evaluator, or the one fitted for other data
     m = ev.embed_motion(raw_features, lengths)      # (B, T, 263) raw features -> (B, D)
     t = ev.embed_text(tokens_list, texts)           # ['a/DET', 'man/NOUN', ...] per caption -> (B, D)
     metrics.r_precision(t, m); metrics.fid(real_m, m); ...
+
+Modules, each importing only those before it: metrics (arrays only), networks (the official layout),
+word_vectorizer, evaluator (the class, its file format, loading a saved one: `load_evaluator(cfg)`), sanity
+(corrupted-motion checks), fit (fitting one; `prepare_evaluator(cfg)`, the driver's step), generate (sample + embed + score: what the loop and the CLI share).
 """
+from cmdm.checkpoint_file import CheckpointError
 from cmdm.evaluation import metrics
-from cmdm.evaluation.evaluator import (
-    Evaluator, load_evaluator, load_fitted_evaluator, load_official_evaluator,
-)
-from cmdm.evaluation.networks import CheckpointError, EvaluatorSizes
+from cmdm.evaluation.evaluator import Evaluator, load_fitted_evaluator, load_official_evaluator
+from cmdm.evaluation.networks import EvaluatorSizes
 from cmdm.evaluation.word_vectorizer import VocabularyError
 
-
-def ensure_evaluator(data_root, out_dir, **kwargs):
-    """Find or fit (and cache) the evaluator for a HumanML3D-layout dataset; see cmdm.evaluation.fit."""
-    from cmdm.evaluation.fit import ensure_evaluator as _ensure
-    return _ensure(data_root, out_dir, **kwargs)
-
-
-__all__ = ["metrics", "Evaluator", "EvaluatorSizes", "load_evaluator", "load_fitted_evaluator",
-           "load_official_evaluator", "ensure_evaluator", "CheckpointError", "VocabularyError"]
+__all__ = ["metrics", "Evaluator", "EvaluatorSizes", "load_fitted_evaluator", "load_official_evaluator",
+           "CheckpointError", "VocabularyError"]

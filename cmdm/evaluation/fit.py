@@ -2,6 +2,9 @@
 
     python -m cmdm.evaluation.fit --data data/synthetic --out data/synthetic_evaluator [--epochs 10 --seed 0]
 
+`prepare_evaluator(cfg)` is the driver's step: for a synthetic or custom set, the evaluator fitted here on data.root
+(`ensure_evaluator` fits it once, caches it, and refits when the data changes); workers only load it.
+
 Same networks and loss as the HumanML3D evaluator of Guo et al. 2022 (plus jittered negatives, below), a
 quarter of its width, two phases:
 
@@ -43,7 +46,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import hashlib
 import json
 import math
 import sys
@@ -56,11 +58,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from cmdm.data.humanml3d import MotionDataset
-from cmdm.evaluation import metrics
-from cmdm.evaluation.evaluator import EVALUATOR_FILE, FORMAT, FORMAT_VERSION, Evaluator
 from cmdm.atomic import atomic_torch_save
-from cmdm.evaluation.networks import EvaluatorSizes, MovementConvDecoder, build_encoders, read_checkpoint
+from cmdm.data.humanml3d import MotionDataset
+from cmdm.evaluation import metrics, sanity
+from cmdm.evaluation.evaluator import (EVALUATOR_FILE, FORMAT, FORMAT_VERSION, Evaluator, data_fingerprint,
+                                       load_fitted_evaluator, load_official_evaluator, read_evaluator_file)
+from cmdm.evaluation.networks import EvaluatorSizes, MovementConvDecoder, build_encoders
 from cmdm.evaluation.word_vectorizer import WordVocabulary
 
 # Widths of the fitted evaluator: a quarter of the official one, so it trains in minutes on a CPU.
@@ -102,34 +105,6 @@ class FitConfig:
 # ----------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------
-
-def data_fingerprint(root: str | Path) -> str:
-    """sha256 of everything a fit reads: the split files, Mean/Std, and every listed clip's caption and
-    feature file, contents included (so an edited or regenerated-differently file refits the cache; a
-    byte-identical copy does not). ~0.4 s on the 2,000-clip synthetic set (sha256 runs at ~1.5 GB/s)."""
-    root = Path(root)
-    h = hashlib.sha256()
-    ids = {}
-    for split in ("train", "val", "test"):
-        path = root / f"{split}.txt"
-        if path.is_file():
-            data = path.read_bytes()
-            h.update(f"{split}:{len(data)}:".encode() + data)
-            ids.update(dict.fromkeys(line.strip() for line in data.decode("utf-8", "replace").splitlines()
-                                     if line.strip()))
-    files = [root / "Mean.npy", root / "Std.npy"]
-    files += [root / sub / f"{i}{ext}" for i in sorted(ids)
-              for sub, ext in (("texts", ".txt"), ("new_joint_vecs", ".npy"))]
-    for path in files:
-        h.update(f"{path.relative_to(root).as_posix()}:".encode())
-        if not path.is_file():
-            h.update(b"-")
-            continue
-        with open(path, "rb") as f:
-            data = f.read()
-        h.update(f"{len(data)}:".encode() + data)
-    return h.hexdigest()[:16]
-
 
 def group_mean_std(motions: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Per-dim mean; std averaged within each HumanML3D feature group (floored), as HumanML3D's Std.npy."""
@@ -308,14 +283,13 @@ def _banks(ev: Evaluator, clips: Clips, variants: int, rng):
 def _jitter_banks(ev: Evaluator, clips: Clips, variants: int, cfg: FitConfig, rng):
     """Like _banks, each crop with joint jitter of a log-uniform sigma in cfg.jitter_range (metres); also
     returns each crop's margin (N, V), cfg.jitter_margin * sqrt(sigma / jitter_range[1])."""
-    from cmdm.evaluation.sanity import corrupt_jitter
     s = ev.sizes
     lo, hi = np.log(cfg.jitter_range[0]), np.log(cfg.jitter_range[1])
     per, sigmas = [], []
     for _ in range(variants):
         crops = clips.crops(rng, s.unit_length, s.max_motion_length)
         sigma = np.exp(rng.uniform(lo, hi, len(crops)))
-        per.append(movement_bank(ev, [(corrupt_jitter(m, rng, float(g)), n) for (m, n), g in zip(crops, sigma)]))
+        per.append(movement_bank(ev, [(sanity.corrupt_jitter(m, rng, float(g)), n) for (m, n), g in zip(crops, sigma)]))
         sigmas.append(sigma)
     width = max(f.shape[1] for f, _ in per)
     feats = torch.stack([torch.nn.functional.pad(f, (0, 0, 0, width - f.shape[1])) for f, _ in per], 1)
@@ -440,7 +414,6 @@ def _fit(data_root, out_dir, cfg: FitConfig, progress: bool, log) -> Path:
         test = Clips(data_root, "test", vocab, cfg, progress)
         if len(test) >= 32:
             table = quality_table(ev, train, test, seed=cfg.seed)
-            from cmdm.evaluation import sanity
             sanity_rows = sanity.sanity_table(ev, train.motions, test.motions, [c[0].tokens for c in test.captions],
                                               seed=cfg.seed)
             log("[fit] sanity table (cmdm.evaluation.sanity):\n" + sanity.format_sanity(sanity_rows))
@@ -463,7 +436,7 @@ def _fit(data_root, out_dir, cfg: FitConfig, progress: bool, log) -> Path:
 
 
 # ----------------------------------------------------------------------------
-# Cache
+# Cache, and the evaluator a config asks for
 # ----------------------------------------------------------------------------
 
 @contextlib.contextmanager
@@ -488,7 +461,7 @@ def ensure_evaluator(data_root: str | Path, out_dir: str | Path, progress: bool 
         fingerprint = data_fingerprint(data_root)
         if path.is_file():
             try:
-                cached = read_checkpoint(path)
+                cached = read_evaluator_file(path)
                 if cached.get("fingerprint") == fingerprint and cached.get("fit_version", 1) == FIT_VERSION:
                     return path
                 if cached.get("fingerprint") == fingerprint:
@@ -498,6 +471,18 @@ def ensure_evaluator(data_root: str | Path, out_dir: str | Path, progress: bool 
             except Exception as err:  # unreadable cache: rebuild it
                 log(f"[fit] {path} is unreadable ({err}); fitting a new evaluator")
         return fit(data_root, out_dir, cfg or FitConfig(), progress=progress, log=log)
+
+
+def prepare_evaluator(cfg, progress: bool = True, log=print) -> Path | None:
+    """The driver's step before any worker starts: for a synthetic or custom set, the evaluator fitted on
+    data.root, cached in evaluation.evaluator_dir (fitted there on first use, refitted if the data changed);
+    None for HumanML3D, whose official evaluator is never fitted here. Workers only load it
+    (`cmdm.evaluation.evaluator.load_evaluator`)."""
+    ev, data = cfg.evaluation, cfg.data
+    if data.name == "humanml3d":
+        return None
+    fit_cfg = FitConfig(min_motion_len=data.min_motion_len, max_motion_len=data.max_motion_len)
+    return ensure_evaluator(data.root, ev.evaluator_dir, progress=progress, cfg=fit_cfg, log=log)
 
 
 def format_table(table: dict) -> str:
@@ -553,7 +538,7 @@ def main(argv=None):
         print(f"error: --data {data}: {' '.join(str(err).split())} (is the dataset smaller than one batch? give "
               f"more clips or a smaller --batch-size than {a.batch_size})", file=sys.stderr)
         return 2
-    table = read_checkpoint(path)["metrics"]
+    table = read_evaluator_file(path)["metrics"]
     print(format_table(table))
     print(json.dumps(table))
     return 0

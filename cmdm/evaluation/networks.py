@@ -14,18 +14,15 @@ Sizes are arguments: a smaller evaluator for other data (`cmdm.evaluation.fit`) 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 
 import torch
-
 import torch.nn as nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+# The project's one checkpoint error; imported from here too by callers that catch evaluator file errors.
+from cmdm.checkpoint_file import CheckpointError
+
 ENCODER_KEYS = ("movement_encoder", "motion_encoder", "text_encoder")
-
-
-class CheckpointError(Exception):
-    """An evaluator checkpoint is missing, unreadable, or does not match the networks; the message says which file and key."""
 
 
 @dataclass(frozen=True)
@@ -157,30 +154,8 @@ def build_encoders(sizes: EvaluatorSizes = EvaluatorSizes()) -> dict[str, nn.Mod
 
 
 # ----------------------------------------------------------------------------
-# Checkpoints
+# Loading the encoders' state dicts (the file itself is read by cmdm.evaluation.evaluator)
 # ----------------------------------------------------------------------------
-
-def read_checkpoint(path: str | Path) -> dict:
-    """torch.load with weights_only=True: tensors, dicts, lists, numbers and strings only, no code.
-
-    The official finest.tar also holds optimiser state dicts, 'epoch' and 'iter'; those are plain
-    containers and numbers, which the weights-only unpickler accepts.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"Evaluator checkpoint {path} does not exist.")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle/zip errors come in many types; all mean "not a loadable checkpoint"
-        raise CheckpointError(
-            f"Evaluator checkpoint {path} cannot be loaded as weights only ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}). It must be a torch.save'd dict of state dicts "
-            "(tensors, numbers, strings); re-download or re-fit it."
-        ) from None
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(f"Evaluator checkpoint {path} holds a {type(ckpt).__name__}; expected a dict.")
-    return ckpt
-
 
 def check_state_dict(module: nn.Module, state: dict, path, entry: str):
     """Compare names and shapes before loading, so the error names the file, the entry and the key."""

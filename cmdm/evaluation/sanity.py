@@ -40,12 +40,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from cmdm import skeleton
+from cmdm.atomic import atomic_write_text
+from cmdm.checkpoint_file import CheckpointError
+from cmdm.config import ConfigError, load_config
+from cmdm.data.humanml3d import DataError, MotionDataset
 from cmdm.evaluation import metrics
+from cmdm.evaluation.evaluator import (CHECKPOINT_CANDIDATES, EVALUATOR_FILE, load_fitted_evaluator,
+                                       load_official_evaluator)
+from cmdm.evaluation.word_vectorizer import VocabularyError
 
 FPS = 20
 JITTER_SIGMAS = (0.01, 0.03, 0.1)            # metres
@@ -229,11 +237,8 @@ def format_sanity(table: dict) -> str:
 
 def _load(args):
     """(evaluator, data root, min_len, max_len) from --evaluator/--data or a config; errors as SanityError."""
-    from cmdm.evaluation.evaluator import (CHECKPOINT_CANDIDATES, EVALUATOR_FILE, load_fitted_evaluator,
-                                           load_official_evaluator)
     min_len, max_len = 40, 200
     if args.config is not None or args.overrides:
-        from cmdm.config import ConfigError, load_config
         try:
             cfg = load_config(args.config, args.overrides)
         except ConfigError as err:
@@ -263,7 +268,6 @@ def _load(args):
         raise SanityError(f"no evaluator at {path}: fit one with `python -m cmdm.evaluation.fit --data "
                           f"{data_root} --out {evaluator_dir}` (or pass --evaluator pointing at a folder with "
                           "evaluator.pt, or the official evaluator's folder with finest.tar and --glove).")
-    import warnings
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ev = load_fitted_evaluator(path, data_root=data_root)
@@ -288,9 +292,6 @@ def main(argv=None) -> int:
     p.add_argument("overrides", nargs="*", help="key=value config overrides (with --config)")
     args = p.parse_args(argv)
 
-    from cmdm.data.humanml3d import DataError, MotionDataset
-    from cmdm.evaluation.networks import CheckpointError
-    from cmdm.evaluation.word_vectorizer import VocabularyError
     try:
         ev, root, min_len, max_len = _load(args)
         split = lambda name: MotionDataset(root, name, min_motion_len=min_len, max_motion_len=max_len,  # noqa: E731
@@ -304,7 +305,6 @@ def main(argv=None) -> int:
     print(f"evaluator {ev.source}, data {root}")
     print(format_sanity(table))
     if args.json:
-        from cmdm.atomic import atomic_write_text
         atomic_write_text(args.json, json.dumps(table, indent=2))
     return 0
 

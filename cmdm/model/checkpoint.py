@@ -21,22 +21,20 @@ Modes:
 afford-motion's trans_enc state dicts (raw or `module.`-prefixed) load strictly into a model built
 with model.contact_model.arch=point_transformer, use_cross_attn_pooling=false and a 512-d CLIP
 text model (tests/test_pointtransformer.py).
-Files are read with `torch.load(weights_only=True)`: tensors and plain containers only.
+Files are read by `cmdm.checkpoint_file.read_checkpoint` (torch.load(weights_only=True)): tensors and plain
+containers only.
 """
 
 import os
-import warnings
 from dataclasses import dataclass, field
 
 import torch
 
+from cmdm.checkpoint_file import CheckpointError, read_checkpoint
+
 IGNORED_PREFIXES = ("text_model.", "clip_model.", "bert_model.", "scene_model.", "text_encoder.")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 CONTAINER_KEYS = ("model", "state_dict", "model_state_dict", "ema")
-
-
-class CheckpointError(RuntimeError):
-    """A file or object that cannot be loaded as this model's weights."""
 
 
 @dataclass
@@ -62,27 +60,6 @@ class LoadReport:
         for key, ck, mk in self.mismatched[:limit]:
             lines.append(f"  shape mismatch: {key} checkpoint {tuple(ck)} vs model {tuple(mk)}")
         return "\n".join(lines)
-
-
-def read_checkpoint(path) -> object:
-    """torch.load(weights_only=True) on CPU, with an error that names the file."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path!r} does not exist")
-    try:
-        with warnings.catch_warnings():  # plain pickles draw a protocol warning before failing below
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except MemoryError:
-        raise
-    except Exception as exc:  # noqa: BLE001: a file that is not weights fails in the unpickler in many ways
-        # (UnpicklingError, BadZipFile, EOFError, KeyError on a memo index, ...): all mean "not weights"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        first = first.split(". ")[0].rstrip(".")[:160]   # torch's long advice (weights_only=False) is not ours
-        raise CheckpointError(
-            f"checkpoint {path!r} cannot be read as PyTorch weights ({type(exc).__name__}: {first}). "
-            f"Is it a truncated download or a different kind of file? Only tensors and plain "
-            f"containers are accepted (weights_only=True).") from exc
 
 
 def _is_state_dict(obj) -> bool:
