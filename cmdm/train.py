@@ -54,13 +54,13 @@ from cmdm.checkpoint_file import CheckpointError, read_checkpoint
 from cmdm.config import Config, absolute_paths, config_from_dict, config_hash, config_to_dict, save_config
 from cmdm.data.humanml3d import collate, dataset_from_config
 from cmdm.diffusion import build_diffusion
-from cmdm.evaluation.evaluator import Evaluator
-from cmdm.evaluation.evaluator import load_evaluator
+from cmdm.evaluation.evaluator import Evaluator, load_evaluator
 from cmdm.evaluation.generate import TABLE_KEYS, embed_generations, eval_indices, merge_shards, score
 from cmdm.evaluation.metrics import LOWER_IS_BETTER   # which way each metric is better
 from cmdm.model import build_model, load_model_weights
 from cmdm.model.checkpoint import check_weights, dit_settings_mismatch, extract_state_dict
 from cmdm.model.text import load_text_cache
+from cmdm.precision import autocast, resolve_precision
 from cmdm.prepare import check_data_root, prepare
 from cmdm.ray_cluster import check_ray_token_settings, ray_is_up, start_ray
 from cmdm.resources import check_fits, cluster_offer, local_offer
@@ -332,6 +332,7 @@ class Worker:
     eval_idx: list                          # the fixed test items every evaluation generates for
     ray_checkpoint: object                  # Ray's latest checkpoint of this run, None on a first attempt
     inject_failure: Callable[[int], None]   # tests only: see failure_injection
+    precision: str = "fp32"                 # what the forward pass computes in (cmdm.precision)
     evaluator: Evaluator | None = None      # loaded at the first evaluation
 
     @property
@@ -398,7 +399,8 @@ def build(cfg: Config, files: RunFiles) -> tuple[Worker, TrainState]:
     if world > 1:
         step_module = ray_torch.prepare_model(step_module, move_to_device=False)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tr.lr, weight_decay=tr.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=tr.lr, weight_decay=tr.weight_decay,
+                                  fused=device.type == "cuda")    # one kernel for every parameter on a GPU
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, tr.warmup_steps, total_steps, tr.lr_scheduler))
     ema = EMA(model, tr.ema.decay) if tr.ema.enabled else None
@@ -409,9 +411,10 @@ def build(cfg: Config, files: RunFiles) -> tuple[Worker, TrainState]:
     worker = Worker(cfg, files, rank, world, device, log, SummaryWriter(str(files.logs)) if rank == 0 else None,
                     train_set, test_set, sampler, loader, diffusion, step_module, params,
                     eval_idx=eval_indices(test_set, tr.eval_num_samples, seed=cfg.seed), ray_checkpoint=ray_checkpoint,
-                    inject_failure=failure_injection(rank, first_attempt=ray_checkpoint is None))
+                    inject_failure=failure_injection(rank, first_attempt=ray_checkpoint is None),
+                    precision=resolve_precision(tr.precision, device))
     n_params = sum(p.numel() for p in params)
-    log.info(f"Run {cfg.name}: {world} worker(s) on {device.type}, {len(train_set)} train clips, "
+    log.info(f"Run {cfg.name}: {world} worker(s) on {device.type} ({worker.precision}), {len(train_set)} train clips, "
              f"{steps_per_epoch} steps/epoch, {total_steps} steps, {n_params / 1e6:.2f}M trainable parameters")
     log.info(f"Set-up in this worker: {time.time() - t_enter:.1f} s (data {t_model - t_enter:.1f} s, "
              f"model and the rest {time.time() - t_model:.1f} s)" + _since_process_start(t_enter))
@@ -480,7 +483,8 @@ def train_one_epoch(worker: Worker, state: TrainState) -> dict:
 def forward_backward(worker: Worker, state: TrainState, batch) -> tuple[float, float]:
     """The batch's loss (averaged over workers) and its clipped gradient norm; the gradients are left in place."""
     tr = worker.cfg.training
-    loss = worker.step_module(batch)
+    with autocast(worker.precision, worker.device):
+        loss = worker.step_module(batch)
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad = torch.nn.utils.clip_grad_norm_(worker.params, tr.grad_clip if tr.grad_clip > 0 else float("inf"))
@@ -547,7 +551,7 @@ def evaluate(worker: Worker, state: TrainState) -> dict:
         log_evaluation(worker, state, result, emb["sample"])
         if improved and tr.save_best:
             record = {**numbers, "step": state.step, "epoch": state.epoch, "best_metric": tr.best_metric,
-                      "config_hash": config_hash(cfg)}
+                      "config_hash": config_hash(cfg), "evaluator": worker.evaluator.fingerprint()}
             save_best(worker.files, evaluated_weights, record, cfg)
             worker.log.info(f"✓ Best model saved! {tr.best_metric.upper() if tr.best_metric == 'fid' else tr.best_metric}: "
                             f"{result[tr.best_metric]:.4f} (Step: {state.step})")

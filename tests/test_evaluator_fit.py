@@ -173,3 +173,16 @@ def test_ensure_evaluator_refits_an_evaluator_of_an_older_fit_version(fitted, tm
     quick = FitConfig(epochs=1, ae_epochs=0, jitter_weight=0.0, sizes={**FitConfig().sizes, **TINY}, threads=1)
     assert ensure_evaluator(root, out2, progress=False, cfg=quick, log=lambda *_: None) == cached
     assert torch.load(cached, weights_only=True)["fit_version"] == FIT_VERSION
+
+
+def test_the_evaluator_fingerprint_is_the_same_for_the_same_weights_wherever_they_are_loaded_from(fitted, tmp_path):
+    from cmdm.evaluation.evaluator import load_fitted_evaluator
+    _, _, path = fitted
+    copy = tmp_path / "elsewhere.pt"
+    shutil.copy(path, copy)
+    a, b = load_fitted_evaluator(path), load_fitted_evaluator(copy)
+    assert a.fingerprint() == b.fingerprint() and len(a.fingerprint()) == 64
+    with torch.no_grad():
+        next(b.motion_encoder.parameters()).view(-1)[0] += 1e-3
+    b._fingerprint = None
+    assert a.fingerprint() != b.fingerprint()

@@ -75,6 +75,22 @@ class Evaluator:
     def dim(self) -> int:
         return self.sizes.dim_coemb
 
+    def fingerprint(self) -> str:
+        """sha256 of everything the embeddings depend on (encoder weights, word vectors and vocabulary, mean/std),
+        whichever file it came from: two runs' numbers are comparable only when their evaluators' fingerprints are
+        equal. Recorded in each run's best_metrics.json; the sweep summary checks that its trials agree."""
+        if getattr(self, "_fingerprint", None) is None:
+            h = hashlib.sha256()
+            for name in ("movement_encoder", "motion_encoder", "text_encoder"):
+                for key, tensor in sorted(getattr(self, name).state_dict().items()):
+                    h.update(f"{name}.{key}".encode())
+                    h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+            for tensor in (self.word_vectors, self.mean, self.std):
+                h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+            h.update("\n".join(sorted(f"{w}:{i}" for w, i in self.vocab.word_to_row.items())).encode())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
     # ---------------------------------------------------------------- differentiable forward passes
 
     def normalize(self, raw, lengths) -> tuple[torch.Tensor, torch.Tensor]:

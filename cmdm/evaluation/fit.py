@@ -62,7 +62,7 @@ from cmdm.atomic import atomic_torch_save
 from cmdm.data.humanml3d import MotionDataset
 from cmdm.evaluation import metrics, sanity
 from cmdm.evaluation.evaluator import (EVALUATOR_FILE, FORMAT, FORMAT_VERSION, Evaluator, data_fingerprint,
-                                       load_fitted_evaluator, load_official_evaluator, read_evaluator_file)
+                                       read_evaluator_file)
 from cmdm.evaluation.networks import EvaluatorSizes, MovementConvDecoder, build_encoders
 from cmdm.evaluation.word_vectorizer import WordVocabulary
 

@@ -139,12 +139,15 @@ def summarise(sweep: Sweep, grid, wall_seconds: float, *, clock=None, targets_me
                                                "targets_met", "timestamp", "epoch_seconds", "eval_seconds")}
                         for h in history],
             "run_dir": str(files.root),
+            "evaluator": (own_best or {}).get("evaluator"),     # fingerprint of the evaluator that scored its best
         })
     sign = 1 if LOWER_IS_BETTER[sweep.metric] else -1
     rows.sort(key=lambda r: (r["best"] is None or r["best"].get(sweep.metric) is None,
                              sign * (r["best"] or {}).get(sweep.metric, 0) if r["best"] else 0))
+    evaluators = sorted({r["evaluator"] for r in rows if r["evaluator"]})
     return {"sweep": sweep.name, "metric": sweep.metric, "mode": sweep.mode,
             "targets": [str(t) for t in sweep.targets], "wall_seconds": wall_seconds,
+            "evaluators": evaluators,     # more than one: the trials' numbers are not comparable
             "trial_seconds_sum": float(sum(r["trial_seconds"] for r in rows)),
             "best_trial": rows[0]["trial_id"] if rows and rows[0]["best"] else None, "trials": rows}
 
@@ -166,6 +169,12 @@ def format_summary(summary: dict) -> str:
         lines += ["", "Diagnoses (the remedy became a queued trial where the space and max_remedies allowed):"]
         lines += [f"- {trial_id}: {explain(rules[name])}" for trial_id, name in sick]
     best = summary["best_trial"]
+    if len(summary.get("evaluators") or []) > 1:
+        groups = {fp: [r["trial_id"] for r in summary["trials"] if r.get("evaluator") == fp]
+                  for fp in summary["evaluators"]}
+        lines += ["", f"WARNING: the trials were scored by {len(groups)} different evaluators, so their numbers are "
+                  "not comparable: " + "; ".join(f"{fp[:12]}: {', '.join(ids)}" for fp, ids in groups.items())
+                  + ". Put evaluation.evaluator_dir on storage every node shares and rerun the sweep."]
     tail = [f"\nBest trial: {best}" if best else "\nNo trial reached an evaluation.",
             f"Targets ({', '.join(summary['targets']) or 'none'}): "
             f"{'met' if any(r['targets_met'] for r in summary['trials']) else 'not met'}.",
