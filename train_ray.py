@@ -37,11 +37,12 @@ def main(argv=None) -> int:
     from cmdm.checkpoint_file import CheckpointError
     from cmdm.data.humanml3d import DataError
     from cmdm.model.text import TextModelError
+    from cmdm.preflight import PreflightError
     from cmdm.resources import ResourceError
     from cmdm.train import RunError, run_training
     try:   # the rerun's last.pt and --resume-from are checked first, before data preparation and Ray
         metrics = run_training(cfg, init_from=args.resume_from, partial=args.partial)
-    except (RunError, DataError, TextModelError, ResourceError) as err:
+    except (RunError, DataError, TextModelError, ResourceError, PreflightError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except CheckpointError as err:   # the evaluator's files (last.pt and --resume-from come back as RunError)

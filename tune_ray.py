@@ -60,8 +60,9 @@ def main(argv=None) -> int:
         return 2
 
     from cmdm.data.humanml3d import DataError
-    from cmdm.evaluation.networks import CheckpointError
+    from cmdm.checkpoint_file import CheckpointError
     from cmdm.model.text import TextModelError
+    from cmdm.preflight import PreflightError
     from cmdm.resources import ResourceError
     from cmdm.tuning.run import run_sweep
     try:
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
     except TextModelError as err:
         print(f"error: {err} (in a sweep: base.model.text_model.name=DIR)", file=sys.stderr)
         return 2
-    except ResourceError as err:
+    except (ResourceError, PreflightError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (DataError, CheckpointError) as err:

@@ -26,6 +26,7 @@ Outputs (the layout users of the guide know):
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -61,6 +62,7 @@ from cmdm.model import build_model, load_model_weights
 from cmdm.model.checkpoint import check_weights, dit_settings_mismatch, extract_state_dict
 from cmdm.model.text import load_text_cache
 from cmdm.precision import autocast, resolve_precision
+from cmdm.preflight import check_cluster
 from cmdm.prepare import check_data_root, prepare
 from cmdm.ray_cluster import check_ray_token_settings, ray_is_up, start_ray
 from cmdm.resources import check_fits, cluster_offer, local_offer
@@ -610,8 +612,31 @@ def report(worker: Worker, metrics: dict, last_pt: Path) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def finish(worker: Worker, last_report: dict) -> None:
-    """status.json (how the run ended, for people and the sweep summary) and the TensorBoard file closed."""
+def parameters_sha256(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_replicas(worker: Worker, state: TrainState) -> None:
+    """With several workers: DDP keeps one model, so every worker must hold the same parameters bit for bit at
+    the end; the log says so (with the hash), or which workers differ."""
+    if worker.world < 2:
+        return
+    hashes = _gather(parameters_sha256(state.model))
+    if len(set(hashes)) == 1:
+        worker.log.info(f"DDP: the {worker.world} workers hold identical parameters (sha256 {hashes[0][:16]})")
+    else:
+        worker.log.warning("DDP: the workers' parameters differ: " +
+                           ", ".join(f"rank {r}: {h[:16]}" for r, h in enumerate(hashes)))
+
+
+def finish(worker: Worker, state: TrainState, last_report: dict) -> None:
+    """The replicas compared, status.json (how the run ended, for people and the sweep summary) and the
+    TensorBoard file closed."""
+    check_replicas(worker, state)
     if worker.is_main:
         atomic_write_text(worker.files.status, json.dumps(run_outcome(last_report), indent=2) + "\n")
         worker.writer.close()
@@ -648,7 +673,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         last_report = epoch_report(state, metrics)
         save_and_report(worker, state, last_report)
 
-    finish(worker, last_report)
+    finish(worker, state, last_report)
 
 
 def _same_fs(a: Path, b: str) -> bool:
@@ -777,6 +802,7 @@ def run_training(cfg: Config, *, init_from: str | None = None, partial: bool = F
 
     url = start_ray(cfg.ray.address, num_cpus=None)
     check_fits(cfg.ray, cluster_offer(), where=where, prefix="ray.", what="the Ray cluster")
+    check_cluster(cfg, cfg.output_root)      # on a cluster: every node sees the same output_root, data, evaluator
     if url:
         print(f"Ray dashboard: {url}  (it asks for the token: ray get-auth-token)")
     print(f"Run folder: {files.root}  (TensorBoard: tensorboard --logdir {files.logs} --host 127.0.0.1)")

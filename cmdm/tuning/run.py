@@ -28,6 +28,7 @@ from ray.tune.search import BasicVariantGenerator
 
 from cmdm.atomic import atomic_write_text
 from cmdm.config import absolute_paths
+from cmdm.preflight import check_cluster
 from cmdm.prepare import check_data_root, prepare
 from cmdm.ray_cluster import check_ray_token_settings, start_ray
 from cmdm.resources import check_fits, cluster_offer, local_offer
@@ -213,6 +214,7 @@ def run_sweep(sweep: Sweep, *, address: str = "", resume: bool = False, strategy
     driver_res = {"CPU": 0, TRIAL_RESOURCE: 1} if ray.cluster_resources().get(TRIAL_RESOURCE) else {"CPU": 0.01}
     check_fits(sweep.base_config.ray, cluster_offer(), where=where, prefix="resources.", what="the Ray cluster",
                extra_cpu=driver_res["CPU"])
+    check_cluster(absolute_paths(sweep.base_config), files.root, log=log)   # every node sees the same files
     storage_url = f"sqlite:///{files.optuna_db}"
     log(f"Sweep folder: {files.root}\n  TensorBoard: tensorboard --logdir {files.root} --host 127.0.0.1\n"
         f"  Optuna:      optuna-dashboard {storage_url}")

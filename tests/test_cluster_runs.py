@@ -1,0 +1,62 @@
+"""train_ray.py on a real two-node Ray cluster (tests/cluster.py): a head and a second node whose `local/` is its
+own disk. The preflight refuses, before any training, data or an output_root that one node does not see as the
+driver does; with everything on storage both nodes see, the run is DDP with one worker per node (gloo), its
+files are all readable on the head, and the two workers end with identical parameters."""
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from cluster import two_node_cluster_fixture
+from conftest import tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+two_nodes = two_node_cluster_fixture(private_paths=["local"])
+
+
+def _train(cluster, values: dict, name: str) -> subprocess.CompletedProcess:
+    args = [sys.executable, "train_ray.py", "configs/demo.yaml", "--address", cluster.address, "--name", name]
+    args += [f"{k}={v}" for k, v in values.items()]
+    return subprocess.run(args, cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=900)
+
+
+def _one_paragraph_error(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    return " ".join(done.stderr.split())
+
+
+def test_data_only_the_head_has_is_refused_before_any_training(two_nodes, tiny):
+    local = two_nodes.private_paths[0]
+    shutil.copytree(tiny / "data", local / "data")       # on the head's disk; the second node's local/ is empty
+    values = tiny_config(tiny, **{"data.root": local / "data", "output_root": two_nodes.shared / "outputs",
+                                  "ray.num_workers": 2})
+    err = _one_paragraph_error(_train(two_nodes, values, "private-data"))
+    second = two_nodes.node_ids()["second"]
+    assert f"(id {second[:12]}) has no {local / 'data'} (data.root)" in err, err
+    assert "do not all see what this run needs" in err and "storage every node mounts at the same path" in err
+    assert not (two_nodes.shared / "outputs" / "private-data" / "logs" / "runtime.log").exists()   # nothing trained
+
+
+def test_an_output_root_on_one_disk_only_is_refused(two_nodes, tiny):
+    values = tiny_config(tiny, **{"output_root": two_nodes.private_paths[0] / "outputs", "ray.num_workers": 2})
+    err = _one_paragraph_error(_train(two_nodes, values, "private-outputs"))
+    second = two_nodes.node_ids()["second"]
+    assert f"(id {second[:12]}) does not see the file the driver just wrote in output_root" in err, err
+
+
+def test_ddp_with_one_worker_per_node_on_shared_storage(two_nodes, tiny):
+    out = two_nodes.shared / "outputs"
+    values = tiny_config(tiny, **{"output_root": out, "ray.num_workers": 2, "task.train.batch_size": 8})
+    done = _train(two_nodes, values, "ddp")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run = out / "ddp"
+    log = (run / "logs" / "runtime.log").read_text()
+    assert "[preflight] 2 nodes see the same" in done.stdout + done.stderr
+    assert "2 worker(s) on cpu" in log
+    assert re.search(r"DDP: the 2 workers hold identical parameters \(sha256 [0-9a-f]{16}\)", log), log[-2000:]
+    assert len(re.findall(r"\[EVAL\] FID", log)) == 2
+    assert list((run / "logs").glob("events.out.tfevents.*"))
+    assert (run / "checkpoints" / "model_best.pt").is_file() and (run / "checkpoints" / "best_metrics.json").is_file()
