@@ -39,12 +39,15 @@ def main(argv=None) -> int:
     from cmdm.model.text import TextModelError
     from cmdm.preflight import PreflightError
     from cmdm.resources import ResourceError
-    from cmdm.train import RunError, run_training
+    from cmdm.train import RunError, TrainingFailed, run_training
     try:   # the rerun's last.pt and --resume-from are checked first, before data preparation and Ray
         metrics = run_training(cfg, init_from=args.resume_from, partial=args.partial)
     except (RunError, DataError, TextModelError, ResourceError, PreflightError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except TrainingFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except CheckpointError as err:   # the evaluator's files (last.pt and --resume-from come back as RunError)
         print(f"error: evaluation.evaluator_dir / glove_dir: {err}", file=sys.stderr)
         return 2

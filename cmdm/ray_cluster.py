@@ -91,3 +91,20 @@ def start_ray(address: str, num_cpus: int | None = None, resources: dict | None 
 def ray_is_up() -> bool:
     import ray
     return ray.is_initialized()
+
+
+def alive_node_ids() -> set[str]:
+    import ray
+    return {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+
+
+def lost_nodes(before: set[str]) -> list[dict]:
+    """The nodes of `before` (alive_node_ids() taken earlier) that Ray now reports dead: how a failed run tells a
+    lost node from an error of its own, whatever error the surviving workers then raise (gloo's 'Connection
+    closed by peer', an unavailable actor)."""
+    import ray
+    return [n for n in ray.nodes() if n["NodeID"] in before and not n.get("Alive")]
+
+
+def describe_nodes(nodes: list[dict]) -> str:
+    return ", ".join(f"{n.get('NodeManagerAddress', '?')} (id {n['NodeID'][:12]})" for n in nodes)

@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -64,7 +65,8 @@ from cmdm.model.text import load_text_cache
 from cmdm.precision import autocast, resolve_precision
 from cmdm.preflight import check_cluster
 from cmdm.prepare import check_data_root, prepare
-from cmdm.ray_cluster import check_ray_token_settings, ray_is_up, start_ray
+from cmdm.ray_cluster import (alive_node_ids, check_ray_token_settings, describe_nodes, lost_nodes, ray_is_up,
+                               start_ray)
 from cmdm.resources import check_fits, cluster_offer, local_offer
 from cmdm.run_files import CHECKPOINT_VERSION, RunFiles, reconcile_best, save_best
 from cmdm.skeleton import recover_from_ric
@@ -810,5 +812,39 @@ def run_training(cfg: Config, *, init_from: str | None = None, partial: bool = F
     trainer = make_trainer(cfg, files, init_from=init_from, partial=partial)
     if files.status.exists():      # the worker writes a new one at the end; a failed run leaves none
         files.status.unlink()
-    result = trainer.fit()         # its metrics: the run's last report (every report carries a checkpoint)
+    nodes = alive_node_ids()
+    try:
+        result = trainer.fit()     # its metrics: the run's last report (every report carries a checkpoint)
+    except ray.train.TrainingFailedError as err:
+        raise TrainingFailed(describe_failure(err, lost_nodes(nodes), files, cfg.ray.max_failures)) from err
     return {**run_outcome(result.metrics), "run_dir": str(files.root)}
+
+
+class TrainingFailed(Exception):
+    """The run stopped on a worker's error or a lost node, after Ray Train's retries (ray.max_failures)."""
+
+
+def worker_error_line(exc: BaseException) -> str:
+    """The line of a Ray Train failure that names the worker's own error (e.g. 'RuntimeError: ...')."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)]
+    return (raised or lines)[-1]
+
+
+def describe_failure(err: BaseException, lost: list[dict], files: RunFiles, max_failures: int) -> str:
+    """One paragraph: what stopped the run, what is kept, how to go on."""
+    step = None
+    try:
+        step = read_checkpoint(files.last)["step"] if files.last.is_file() else None
+    except CheckpointError:
+        pass
+    kept = (f"its last checkpoint {files.last} (step {step}) is kept: rerun the same command to resume from it"
+            if step is not None else "it had no checkpoint yet: rerunning starts it again")
+    tries = f"after {max_failures} retr{'y' if max_failures == 1 else 'ies'} (ray.max_failures)" if max_failures else \
+        "(ray.max_failures = 0: no retry)"
+    if lost:
+        return (f"training stopped {tries}: Ray node {describe_nodes(lost)} was lost during the run (its workers "
+                f"died with it; the others then failed with: {worker_error_line(err)[:200]}); {kept}. To ride out "
+                "a lost node without a rerun, set ray.max_failures=2 (Ray Train restarts the workers from the last checkpoint on the nodes left, when they have room).")
+    return (f"training stopped {tries} on an error in a worker: {worker_error_line(err)[:300]}. The worker's "
+            f"traceback is above and its log in {files.log_file}; {kept}.")

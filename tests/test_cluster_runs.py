@@ -60,3 +60,32 @@ def test_ddp_with_one_worker_per_node_on_shared_storage(two_nodes, tiny):
     assert len(re.findall(r"\[EVAL\] FID", log)) == 2
     assert list((run / "logs").glob("events.out.tfevents.*"))
     assert (run / "checkpoints" / "model_best.pt").is_file() and (run / "checkpoints" / "best_metrics.json").is_file()
+
+
+def test_a_lost_node_stops_the_run_with_one_paragraph_and_the_checkpoint_kept(two_nodes, tiny):
+    """Last in this file: it takes the second node down. With ray.max_failures=0 the run cannot go on without
+    the node; the command says which node was lost, what is kept and how to go on (exit 1), no traceback of ours."""
+    import time
+    out = two_nodes.shared / "outputs"
+    values = tiny_config(tiny, **{"output_root": out, "ray.num_workers": 2, "task.train.batch_size": 8,
+                                  "training.max_epochs": 6, "ray.max_failures": 0})
+    args = [sys.executable, "train_ray.py", "configs/demo.yaml", "--address", two_nodes.address, "--name", "lost"]
+    args += [f"{k}={v}" for k, v in values.items()]
+    proc = subprocess.Popen(args, cwd=REPO, env=two_nodes.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "lost" / "checkpoints" / "last.pt").is_file():     # epoch 1 trained, evaluated and saved
+            break
+        time.sleep(0.5)
+    time.sleep(1.0)
+    second = two_nodes.node_ids()["second"]
+    two_nodes.kill_second_node_raylet()
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 1, stdout[-2000:] + stderr[-3000:]
+    ours = [line for line in stderr.splitlines() if line.startswith("error: ")]   # Ray's worker logs come around it
+    assert len(ours) == 1, stderr[-3000:]
+    last = ours[0]
+    assert last.startswith("error: training stopped (ray.max_failures = 0: no retry): Ray node "), last
+    assert f"(id {second[:12]}) was lost during the run" in last
+    assert f"its last checkpoint {out / 'lost' / 'checkpoints' / 'last.pt'} (step " in last and "ray.max_failures=2" in last, last
+    assert (out / "lost" / "checkpoints" / "last.pt").is_file()

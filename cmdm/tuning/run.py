@@ -41,6 +41,9 @@ from cmdm.tuning.sweep_file import Sweep
 from cmdm.tuning.trial import TRIAL_RESOURCE, trial_driver
 
 
+LOST_NODE_RETRIES = 3   # Tune reruns a trial whose node was lost (trial.py re-raises only then); it resumes from last.pt
+
+
 class TargetStopper(tune.Stopper):
     """Ends the whole sweep once one evaluation has met every target (when the sweep asks for it)."""
 
@@ -164,7 +167,7 @@ def make_tuner(sweep: Sweep, *, strategy: str, resume: bool, driver_resources: d
                         "diagnosis": "diagnosis"},
         parameter_columns={k: k.split(".")[-1] for k in sweep.space}, max_report_frequency=20)
     run_config = tune.RunConfig(name=files.tune.name, storage_path=str(files.root), stop=stopper, callbacks=[clock],
-                                progress_reporter=progress, verbose=1, failure_config=tune.FailureConfig(max_failures=0))
+                                progress_reporter=progress, verbose=1, failure_config=tune.FailureConfig(max_failures=LOST_NODE_RETRIES))
     trials = {"num_samples": sweep.num_samples, "max_concurrent_trials": sweep.max_concurrent_trials}
     if strategy == "random":
         search = BasicVariantGenerator(random_state=sweep.seed, max_concurrent=sweep.max_concurrent_trials)

@@ -92,6 +92,13 @@ def _diagnoses(history: list[dict]) -> list[str]:
                               for name in h["diagnosis"]))
 
 
+def _lost_nodes(files) -> list[str]:
+    try:
+        return [line.strip() for line in files.node_lost.read_text().splitlines() if line.strip()]
+    except OSError:
+        return []
+
+
 def summarise(sweep: Sweep, grid, wall_seconds: float, *, clock=None, targets_met_at: float | None = None,
               asha: bool = True) -> dict:
     """One row per trial, sorted by its best metric. clock (TrialClock) gives each trial's lifetime as the driver
@@ -139,7 +146,8 @@ def summarise(sweep: Sweep, grid, wall_seconds: float, *, clock=None, targets_me
                                                "targets_met", "timestamp", "epoch_seconds", "eval_seconds")}
                         for h in history],
             "run_dir": str(files.root),
-            "evaluator": (own_best or {}).get("evaluator"),     # fingerprint of the evaluator that scored its best
+            "evaluator": (own_best or {}).get("evaluator"),
+            "lost_nodes": _lost_nodes(files),    # Ray nodes lost while it trained: each time Tune ran it again     # fingerprint of the evaluator that scored its best
         })
     sign = 1 if LOWER_IS_BETTER[sweep.metric] else -1
     rows.sort(key=lambda r: (r["best"] is None or r["best"].get(sweep.metric) is None,
@@ -161,7 +169,8 @@ def format_summary(summary: dict) -> str:
         b = r["best"] or {}
         cells = [r["trial_id"]] + [format_value(r["params"].get(k)) for k in keys]
         cells += [f"{b[m]:.4f}" if b.get(m) is not None else "-" for m in ("fid", "top1", "top2", "top3")]
-        cells += [str(r["epochs"]), r["end"], ", ".join(r["diagnosis"]) or "-", "yes" if r["targets_met"] else "no"]
+        end = r["end"] + (f" (retried {len(r['lost_nodes'])}x: node lost)" if r.get("lost_nodes") else "")
+        cells += [str(r["epochs"]), end, ", ".join(r["diagnosis"]) or "-", "yes" if r["targets_met"] else "no"]
         lines.append("| " + " | ".join(cells) + " |")
     rules = {rule.name: rule for rule in RULES}
     sick = [(r["trial_id"], name) for r in summary["trials"] for name in r["diagnosis"] if name in rules]

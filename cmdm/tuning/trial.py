@@ -4,20 +4,30 @@ callback that hands each of the loop's reports on to Tune (Train -> Tune) with t
 """
 from __future__ import annotations
 
-import re
+import time
 import traceback
 
 import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from cmdm.atomic import atomic_write_text
+from cmdm.checkpoint_file import read_checkpoint
 from cmdm.config import absolute_paths, save_config
+from cmdm.ray_cluster import alive_node_ids, describe_nodes, lost_nodes
 from cmdm.run_files import SweepFiles
-from cmdm.train import make_trainer
+from cmdm.train import make_trainer, worker_error_line
 from cmdm.tuning.doctor import best_evaluation, diagnose, new_evaluations
 from cmdm.tuning.sweep_file import Sweep
 
 TRIAL_RESOURCE = "trial_driver"   # custom resource: a trial's driver holds no CPU, its Train workers do
+
+
+def read_last_step(files) -> int | None:
+    """The step of the trial's last.pt (what a retry resumes from), None without one."""
+    try:
+        return int(read_checkpoint(files.last)["step"]) if files.last.is_file() else None
+    except Exception:  # noqa: BLE001 - only for the log line
+        return None
 
 
 def _evidence(findings) -> str:
@@ -66,14 +76,21 @@ def trial_driver(params: dict, sweep: Sweep) -> None:
     save_config(cfg, files.config)
     callback = TrialReportCallback(sweep.metric, sweep.targets, sweep.doctor_rules)
     trainer = make_trainer(cfg, files, callbacks=[callback])
+    nodes = alive_node_ids()
     try:
         trainer.fit()
     except Exception as exc:  # a crash, an OOM: report it as this trial's result; the sweep goes on
+        lost = lost_nodes(nodes)
+        if lost:   # not the trial's fault: Tune's FailureConfig runs it again, and it resumes from its last.pt
+            with open(files.node_lost, "a") as f:
+                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} lost node {describe_nodes(lost)} at step "
+                        f"{read_last_step(files)}: {type(exc).__name__}\n")
+            print(f"[trial {trial_id}] Ray node {describe_nodes(lost)} was lost while this trial trained; Tune "
+                  "retries it from its last checkpoint (tune.FailureConfig max_failures)", flush=True)
+            raise
         error = "".join(traceback.format_exception(exc))
         findings = diagnose([], error, rules=sweep.doctor_rules)
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
-        raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)]   # the worker's own error
         atomic_write_text(files.error, error)
-        ray.tune.report({"failed": True, "error": (raised or lines)[-1][:200],
+        ray.tune.report({"failed": True, "error": worker_error_line(exc)[:200],
                          "diagnosis": _rule_names(findings) or ("crashed",),
                          "diagnosis_detail": _evidence(findings)})
