@@ -219,7 +219,7 @@ def run_sweep(sweep: Sweep, *, address: str = "", resume: bool = False, strategy
     log(f"Sweep folder: {files.root}\n  Report:      {files.report / 'index.html'} (rewritten as trials end)\n"
         f"  TensorBoard: tensorboard --logdir {files.root} --host 127.0.0.1")
     if importlib.util.find_spec("optuna_dashboard"):      # pip install '.[dashboard]'
-        log(f"  Optuna:      optuna-dashboard {storage_url}")
+        log(f"  Optuna:      optuna-dashboard {storage_url} --host 127.0.0.1")
 
     stopper = TargetStopper(sweep.stop_on_targets)
     if not resume:                         # the wall time counts every run of the sweep
