@@ -294,6 +294,8 @@ def test_live_report_rewrites_the_page_as_trials_end(tmp_path):
                              "best_fid": min(fids[:e]), "diagnosis": [], "config": t.config}
             live.on_trial_result(0, [a, b], t, t.last_result)
     live.on_trial_complete(0, [a, b], a)
+    pickle.loads(pickle.dumps(live))                                     # with its writer thread running
+    live.on_experiment_end([a, b])                                       # waits for the page
     text = (SweepFiles(sweep.sweep_dir).report / "index.html").read_text()
     assert re.findall(r'<tr[^>]* data-trial="([^"]+)"', text) == ["a", "b"]
     assert "while the sweep runs" in text and "&#10003; met" in text       # a's 12 meets fid <= 16

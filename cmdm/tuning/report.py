@@ -19,19 +19,19 @@ import json
 import math
 import os
 import textwrap
+import threading
 import time
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
-import matplotlib
-matplotlib.use("Agg")          # files only: the sweep's driver may have no display
-import matplotlib.pyplot as plt
 import numpy as np
 import optuna
 import pandas as pd
 import torch
 from ray import tune
+
+from matplotlib.figure import Figure
 
 from cmdm.atomic import atomic_write_text
 from cmdm.data.humanml3d import collate, dataset_from_config
@@ -59,15 +59,19 @@ def make_report(sweep: Sweep, summary: dict, num_gifs: int = 3, samples: bool = 
     draw_params(sweep, summary["trials"], out / f"params_vs_{sweep.metric}.png")
     best = summary.get("best_trial")
     if samples and best and files.trial(best).best.is_file():
-        gifs = render_samples(files.trial(best).best, out / "best_trial", num_gifs)
-        atomic_write_text(out / "best_trial" / "captions.json", json.dumps(
-            {"trial": best, "samples": [{"gif": p.name, "caption": c} for p, c in gifs]}, indent=1) + "\n")
+        try:
+            gifs = render_samples(files.trial(best).best, out / "best_trial", num_gifs)
+            atomic_write_text(out / "best_trial" / "captions.json", json.dumps(
+                {"trial": best, "samples": [{"gif": p.name, "caption": c} for p, c in gifs]}, indent=1) + "\n")
+        except Exception as exc:  # the page says there are no GIFs; never lose the page over them
+            print(f"[report] could not draw the best trial's GIFs: {exc}", flush=True)
     write_page(sweep, summary, out, final=samples)
     return out
 
 
 def draw_curves(sweep: Sweep, trials: list[dict], path: Path) -> None:
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig = Figure(figsize=(12, 4.5))
+    ax1, ax2 = fig.subplots(1, 2)
     for r in trials:
         ev = [h for h in r["history"] if h.get(sweep.metric) is not None]
         ev = {h["evaluations"]: h for h in ev if h.get("evaluations")}
@@ -87,7 +91,8 @@ def draw_curves(sweep: Sweep, trials: list[dict], path: Path) -> None:
 
 def draw_params(sweep: Sweep, trials: list[dict], path: Path) -> None:
     keys = list(sweep.space)
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), squeeze=False)
+    fig = Figure(figsize=(4 * len(keys), 3.5))
+    axes = fig.subplots(1, len(keys), squeeze=False)
     for ax, key in zip(axes[0], keys):
         pts = [(r["params"][key], r["best"][sweep.metric]) for r in trials
                if r["best"] and r["best"].get(sweep.metric) is not None]
@@ -104,7 +109,6 @@ def draw_params(sweep: Sweep, trials: list[dict], path: Path) -> None:
 def _save_fig(fig, path: Path) -> None:
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)
-    plt.close(fig)
     os.replace(tmp, path)
 
 
@@ -323,11 +327,17 @@ def write_page(sweep: Sweep, summary: dict, out: Path, final: bool = True) -> Pa
 
 class LiveReport(tune.Callback):
     """Rewrites report/ (the page and its curves, not the GIFs) each time a trial ends, from the reports seen so
-    far completed by the trials' own files (summary.summarise), so people can open it while the sweep runs."""
+    far completed by the trials' own files (summary.summarise), so people can open it while the sweep runs.
+    The drawing (~1 s) runs on a thread, so the next trial does not wait for it; the sweep's end waits for the
+    last one, so it never lands after the final page run.py writes."""
 
     def __init__(self, sweep: Sweep, asha: bool = True):
         self.sweep, self.asha, self.t0 = sweep, asha, time.time()
         self.reports: dict[str, list[dict]] = {}
+        self._writer: threading.Thread | None = None
+
+    def __getstate__(self):             # Tune pickles its callbacks with the experiment (for --resume)
+        return {**self.__dict__, "_writer": None}
 
     def setup(self, **info):            # once per run of the sweep (a resumed one runs Tune's pickled copy)
         self.t0 = time.time()
@@ -340,10 +350,21 @@ class LiveReport(tune.Callback):
                                    error="error" if t.status == t.ERROR else None,
                                    metrics_dataframe=pd.DataFrame(self.reports[t.trial_id]))
                    for t in trials if self.reports.get(t.trial_id)]      # what summarise reads of a Tune result
-        try:
-            summary = summarise(self.sweep, results, time.time() - self.t0, asha=self.asha)
-            make_report(self.sweep, summary, samples=False)
-        except Exception as exc:  # the page is a bonus: never stop the sweep over it
-            print(f"[report] could not write the page: {exc}", flush=True)
+        self.wait()
+        self._writer = threading.Thread(target=self._write, args=(results, time.time() - self.t0), daemon=True)
+        self._writer.start()
 
     on_trial_error = on_trial_complete
+
+    def on_experiment_end(self, trials, **info):
+        self.wait()
+
+    def wait(self):
+        if self._writer is not None:
+            self._writer.join()
+
+    def _write(self, results, wall_seconds):
+        try:
+            make_report(self.sweep, summarise(self.sweep, results, wall_seconds, asha=self.asha), samples=False)
+        except Exception as exc:  # the page is a bonus: never stop the sweep over it
+            print(f"[report] could not write the page: {exc}", flush=True)
