@@ -11,11 +11,12 @@
 
 Each trial's reports pass through `TrialReportCallback` (Train -> Tune, trial.py): it keeps the trial's history,
 runs the trial doctor (doctor.py) on it and adds `diagnosis`, `best_<metric>` and `targets_met`. When the sweep
-ends, summary.py writes summary.md / summary.json and report.py draws report/. What the sweep folder holds:
-`cmdm.run_files.SweepFiles`.
+ends, summary.py writes summary.md / summary.json and report.py writes report/ (index.html, which its
+LiveReport callback also rewrites each time a trial ends). What the sweep folder holds: `cmdm.run_files.SweepFiles`.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import time
@@ -33,7 +34,7 @@ from cmdm.prepare import check_data_root, prepare
 from cmdm.ray_cluster import check_ray_token_settings, start_ray
 from cmdm.resources import check_fits, cluster_offer, local_offer
 from cmdm.run_files import SweepFiles
-from cmdm.tuning.report import make_report
+from cmdm.tuning.report import LiveReport, make_report
 from cmdm.tuning.search import build_searcher, random_space
 from cmdm.tuning.space import format_value
 from cmdm.tuning.summary import format_summary, summarise, write_summary
@@ -166,14 +167,16 @@ def make_tuner(sweep: Sweep, *, strategy: str, resume: bool, driver_resources: d
                         f"best_{sweep.metric}": f"best_{sweep.metric}", "top1": "top1", "top3": "top3",
                         "diagnosis": "diagnosis"},
         parameter_columns={k: k.split(".")[-1] for k in sweep.space}, max_report_frequency=20)
-    run_config = tune.RunConfig(name=files.tune.name, storage_path=str(files.root), stop=stopper, callbacks=[clock],
-                                progress_reporter=progress, verbose=1, failure_config=tune.FailureConfig(max_failures=LOST_NODE_RETRIES))
+    callbacks = [clock, LiveReport(sweep, asha=strategy != "random")]      # report/index.html as trials end
+    run_config = tune.RunConfig(name=files.tune.name, storage_path=str(files.root), stop=stopper, callbacks=callbacks,
+                                progress_reporter=progress, verbose=1, 
+                                failure_config=tune.FailureConfig(max_failures=LOST_NODE_RETRIES))
     trials = {"num_samples": sweep.num_samples, "max_concurrent_trials": sweep.max_concurrent_trials}
     if strategy == "random":
         search = BasicVariantGenerator(random_state=sweep.seed, max_concurrent=sweep.max_concurrent_trials)
         return tune.Tuner(trainable, param_space=random_space(sweep), run_config=run_config,
                           tune_config=tune.TuneConfig(search_alg=search, **trials))
-    searcher, priors = build_searcher(sweep, storage_url)
+    searcher, priors = build_searcher(sweep, storage_url, log=log)
     if priors:
         log("Warm start (the guide's rules as first trials): " + "; ".join(
             f"{name}: " + ", ".join(f"{k.split('.')[-1]}={format_value(v)}" for k, v in p.items()) for name, p in priors))
@@ -219,8 +222,10 @@ def run_sweep(sweep: Sweep, *, address: str = "", resume: bool = False, strategy
                extra_cpu=driver_res["CPU"])
     check_cluster(absolute_paths(sweep.base_config), files.root, log=log)   # every node sees the same files
     storage_url = f"sqlite:///{files.optuna_db}"
-    log(f"Sweep folder: {files.root}\n  TensorBoard: tensorboard --logdir {files.root} --host 127.0.0.1\n"
-        f"  Optuna:      optuna-dashboard {storage_url}")
+    log(f"Sweep folder: {files.root}\n  Report:      {files.report / 'index.html'} (rewritten as trials end)\n"
+        f"  TensorBoard: tensorboard --logdir {files.root} --host 127.0.0.1")
+    if importlib.util.find_spec("optuna_dashboard"):      # pip install '.[dashboard]'
+        log(f"  Optuna:      optuna-dashboard {storage_url} --host 127.0.0.1")
 
     stopper = TargetStopper(sweep.stop_on_targets)
     if not resume:                         # the wall time counts every run of the sweep
@@ -236,7 +241,7 @@ def run_sweep(sweep: Sweep, *, address: str = "", resume: bool = False, strategy
     log(format_summary(summary))
     try:
         make_report(sweep, summary)
-        log(f"Report: {files.report}")
+        log(f"Report: {files.report / 'index.html'}")
     except Exception as exc:  # pictures are a bonus: never lose the summary over them
         log(f"[report] could not draw the report: {exc}")
     return summary

@@ -1,8 +1,10 @@
 """The searcher: Optuna's TPE (through Ray Tune's OptunaSearch) + the guide's priors + remedies from the doctor.
 
 `build_searcher(sweep, storage_url)` is the product's searcher: seeded multivariate TPE whose study lives in
-SQLite, whose first points are the guide's stable config and its rule variants (`prior_points`), and which
-queues a remedy point when a trial reports a diagnosis. `random_space(sweep)` is the space of the random-search
+SQLite, which starts from the finished trials of the sweeps named in `warm_start:` (`warm_start_trials`, added
+to the study as completed trials), whose first points are the guide's stable config and its rule variants
+(`prior_points`, less those a warm-start sweep already ran), and which queues a remedy point when a trial
+reports a diagnosis. `random_space(sweep)` is the space of the random-search
 baseline (bench/bench_sweep.py).
 """
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from dataclasses import dataclass
 
 import optuna
 from ray import tune
@@ -49,6 +52,13 @@ class RuleGuidedSearch(OptunaSearch):
         if result:
             self._consider_remedy(trial_id, result)
         super().on_trial_complete(trial_id, result, error)
+
+    def observe(self, trial: "EarlierTrial") -> None:
+        """An earlier sweep's finished trial, told to the study as completed (with its own keys only: a trial of a
+        sweep that searched fewer keys is a valid Optuna trial too)."""
+        self._ot_study.add_trial(optuna.trial.create_trial(
+            params=trial.params, distributions={k: self._space[k] for k in trial.params}, value=trial.value,
+            user_attrs={"warm_start": trial.source}))
 
     def queue(self, point: dict) -> bool:
         if any(_same_point(point, q) for q in self.queued):
@@ -93,6 +103,60 @@ def _same_point(a: dict, b: dict) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class EarlierTrial:
+    """A finished trial of an earlier sweep: its searched values and best metric, and where it came from."""
+    params: dict
+    value: float
+    source: str          # <sweep folder>/<trial id>
+
+
+def warm_start_trials(sweep: Sweep) -> tuple[list[EarlierTrial], list[str]]:
+    """The finished trials of the sweeps in `sweep.warm_start` that fit this sweep's space (their searched keys
+    are this sweep's or a subset of them, each value inside this sweep's range), and one note per earlier sweep
+    saying what was taken and what was left out, and why. load_sweep checked each folder's summary.json."""
+    trials, notes = [], []
+    for folder in sweep.warm_start:
+        rows = json.loads(SweepFiles(folder).summary_json.read_text())["trials"]
+        taken, unfinished, misfits = [], 0, []
+        for row in rows:
+            value = (row.get("best") or {}).get(sweep.metric)
+            if row.get("end") == "failed" or not isinstance(value, (int, float)) or not math.isfinite(value):
+                unfinished += 1
+                continue
+            params = {k: v for k, v in (row.get("params") or {}).items() if v is not None}
+            why = _misfit(params, sweep.space)
+            if why:
+                misfits.append(f"{row.get('trial_id')}: {why}")
+                continue
+            taken.append(EarlierTrial(params, float(value), f"{folder}/{row.get('trial_id')}"))
+        note = f"Warm start from {folder}: {len(taken)} finished trial(s) added to the study"
+        if unfinished:
+            note += f"; {unfinished} without an evaluation (or failed) left out"
+        if misfits:
+            note += f"; {len(misfits)} outside this sweep's space left out (" + "; ".join(misfits[:3]) + \
+                    (", ..." if len(misfits) > 3 else "") + ")"
+        notes.append(note + ".")
+        trials += taken
+    return trials, notes
+
+
+def _misfit(params: dict, space: dict) -> str | None:
+    """Why an earlier trial's values do not fit this space (None when they do)."""
+    if not params:
+        return "it searched no key"
+    for key, value in params.items():
+        p = space.get(key)
+        if p is None:
+            return f"it searched {key}, which this sweep does not"
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        fits = (p.contains(value) if p.kind == "choice" else
+                number and p.contains(value) and (p.kind != "int" or float(value).is_integer()))
+        if not fits:
+            return f"{key}={format_value(value)} is outside {p.describe()}"
+    return None
+
+
 def optuna_space(sweep: Sweep) -> dict:
     space = {}
     for key, p in sweep.space.items():
@@ -120,9 +184,18 @@ def random_space(sweep: Sweep) -> dict:
     return space
 
 
-def build_searcher(sweep: Sweep, storage_url: str | None):
-    """The searcher and the warm-start points it queued (name, point), in the order they run."""
+def build_searcher(sweep: Sweep, storage_url: str | None, log=print):
+    """The searcher and the warm-start points it queued (name, point), in the order they run. The finished
+    trials of the `warm_start:` sweeps are in its study before it suggests anything; a prior one of them
+    already ran is not queued again."""
+    earlier, notes = warm_start_trials(sweep)
+    for note in notes:
+        log(note)
     priors = prior_points(sweep.base_point(), sweep.space) if sweep.priors else []
+    ran = [(name, point) for name, point in priors if any(_same_point(point, t.params) for t in earlier)]
+    if ran:
+        log("Priors an earlier sweep already ran, not run again: " + ", ".join(name for name, _ in ran) + ".")
+        priors = [(name, point) for name, point in priors if (name, point) not in ran]
     # TPE samples at random until n_startup_trials trials are complete. The warm start is better than random
     # points, so with priors TPE takes over once two of them are in; without, a few random points come first.
     # constant_liar: trials still running count as bad, so parallel suggestions do not pile onto one spot.
@@ -137,6 +210,8 @@ def build_searcher(sweep: Sweep, storage_url: str | None):
                                 study_name=sweep.name if storage_url else None,
                                 sweep_space=sweep.space, max_remedies=sweep.max_remedies if sweep.doctor else 0,
                                 log_path=str(SweepFiles(sweep.sweep_dir).remedies))
+    for trial in earlier:
+        searcher.observe(trial)
     for _, point in priors:
         searcher.queue(point)
     return searcher, priors

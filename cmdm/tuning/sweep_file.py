@@ -21,6 +21,7 @@
                                        # e.g. a fine-tune leaves out loss_not_decreasing)
     max_remedies: 4
     seed: 0
+    warm_start: [outputs/CMDM-Demo-Sweep]   # earlier sweeps: their finished trials are TPE's first observations
 
 `load_sweep(path, overrides)` returns a `Sweep` or raises `SweepError` with one paragraph naming the file,
 the key and the fix. The `resources:` and `scheduler:` sections are dataclasses whose ranges sit next to their
@@ -33,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
+import json
 import math
 import operator
 import typing
@@ -44,6 +46,7 @@ from cmdm.config import (Config, ConfigError, RayConfig, _brief, _cut, _in_range
                          absolute_paths, bounded, config_to_dict, folder_name_problem, load_config, parse_override,
                          update_config)
 from cmdm.evaluation.metrics import LOWER_IS_BETTER
+from cmdm.run_files import SweepFiles
 from cmdm.tuning.doctor import RULES
 from cmdm.tuning.space import KINDS, Param, check_points
 
@@ -121,6 +124,7 @@ class Sweep:
     max_remedies: int = 4
     seed: int = 0
     output_root: str = "outputs"
+    warm_start: tuple[Path, ...] = ()   # earlier sweep folders whose finished trials seed the study
 
     @property
     def sweep_dir(self) -> Path:
@@ -310,6 +314,49 @@ def _section(path, key, raw, cls):
     return obj
 
 
+def _warm_start(path, value, metric: str, own_folder: Path) -> tuple[Path, ...]:
+    """The earlier sweep folders of `warm_start:`, each checked to hold a finished sweep by the same metric
+    (its trials are read when the sweep starts, cmdm.tuning.search.warm_start_trials)."""
+    example = "e.g. `warm_start: [outputs/CMDM-Demo-Sweep]`"
+    where = "relative paths are from the working directory, like output_root"
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise _err(path, "warm_start", f"must be a list of earlier sweep folders (got {_brief(value)})",
+                   f"Write it as {example}.")
+    folders = []
+    for entry in value:
+        folder = Path(entry).expanduser().resolve()
+        files = SweepFiles(folder)
+        named = f"names {_cut(entry)} ({_cut(str(folder))})"
+        if not folder.is_dir():
+            raise _err(path, "warm_start", f"{named}, which is not a folder",
+                       f"Give the folder of an earlier sweep, <output_root>/<its name> ({example}); {where}.")
+        if folder == own_folder:
+            raise _err(path, "warm_start", f"{named}, which is this sweep's own folder",
+                       "Remove it: a sweep resumed with --resume keeps its own trials.")
+        if folder in folders:
+            raise _err(path, "warm_start", f"names {_cut(entry)} twice", "List each earlier sweep once.")
+        if not files.sweep_json.is_file():
+            raise _err(path, "warm_start", f"{named}, which holds no sweep.json: it is not a sweep folder "
+                       "tune_ray.py wrote", f"Give the folder of an earlier sweep, <output_root>/<its name> ({example}).")
+        if not files.summary_json.is_file():
+            raise _err(path, "warm_start", f"{named}, whose sweep has not finished (it has no summary.json, which "
+                       "a sweep writes when it ends)", "Finish it with `python tune_ray.py <its sweep file> --resume`, "
+                       "or remove it from warm_start.")
+        try:
+            summary = json.loads(files.summary_json.read_text())
+        except (OSError, ValueError) as exc:
+            summary = exc
+        if not isinstance(summary, dict) or not isinstance(summary.get("trials"), list):
+            raise _err(path, "warm_start", f"{named}, whose summary.json is not a sweep summary",
+                       "Remove it from warm_start, or run that sweep again to rewrite its summary.")
+        if summary.get("metric") != metric:
+            raise _err(path, "warm_start", f"{named}, a sweep ranked by {_brief(summary.get('metric'))}, but this "
+                       f"sweep is ranked by {metric}: its values would mislead the search",
+                       f"Warm-start only from sweeps with `metric: {metric}`.")
+        folders.append(folder)
+    return tuple(folders)
+
+
 def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
     """Read and check a sweep file; `overrides` are `key=value` on the sweep's own keys (e.g. num_samples=4)
     or, with a `base.` prefix, on the training config (e.g. base.training.max_epochs=2)."""
@@ -433,6 +480,8 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
                    "e.g. `output_root: outputs`.")
     # Trials run in their own folders (Tune changes the working directory): every path becomes absolute here.
     sweep.output_root = str(Path(str(raw.get("output_root", sweep.output_root))).expanduser().resolve())
+    if "warm_start" in raw:
+        sweep.warm_start = _warm_start(path, raw["warm_start"], metric, sweep.sweep_dir)
 
     # The base training config, then every value the space can draw, must pass cmdm.config's checks.
     try:
