@@ -169,7 +169,7 @@ def make_tuner(sweep: Sweep, *, strategy: str, resume: bool, driver_resources: d
         parameter_columns={k: k.split(".")[-1] for k in sweep.space}, max_report_frequency=20)
     callbacks = [clock, LiveReport(sweep, asha=strategy != "random")]      # report/index.html as trials end
     run_config = tune.RunConfig(name=files.tune.name, storage_path=str(files.root), stop=stopper, callbacks=callbacks,
-                                progress_reporter=progress, verbose=1, 
+                                progress_reporter=progress, verbose=1,
                                 failure_config=tune.FailureConfig(max_failures=LOST_NODE_RETRIES))
     trials = {"num_samples": sweep.num_samples, "max_concurrent_trials": sweep.max_concurrent_trials}
     if strategy == "random":
