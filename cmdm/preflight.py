@@ -27,6 +27,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from cmdm.config import Config
 from cmdm.evaluation.evaluator import CHECKPOINT_CANDIDATES, EVALUATOR_FILE
 from cmdm.model.text import text_cache_path
+from cmdm.run_files import file_sha256
 
 MARKER_DIR = ".cmdm-preflight"      # under output_root; the driver's marker files, removed when checked
 TASK_TIMEOUT_S = 120.0              # a node that cannot run a zero-CPU task in this time is reported
@@ -59,14 +60,8 @@ def tree_fingerprint(root: str | Path) -> str | None:
 
 
 def file_fingerprint(path: str | Path) -> str | None:
-    path = Path(path)
-    if not path.is_file():
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """sha256 of a file's contents; None when it is missing."""
+    return file_sha256(path) if Path(path).is_file() else None
 
 
 def needed_files(cfg: Config) -> dict[str, tuple[str, str]]:

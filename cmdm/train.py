@@ -831,13 +831,17 @@ def worker_error_line(exc: BaseException) -> str:
     return (raised or lines)[-1]
 
 
+def last_step(files: RunFiles) -> int | None:
+    """The step of the run's last.pt (what a rerun or a retry resumes from); None without a readable one."""
+    try:
+        return int(read_checkpoint(files.last)["step"]) if files.last.is_file() else None
+    except (CheckpointError, KeyError, TypeError, ValueError):
+        return None
+
+
 def describe_failure(err: BaseException, lost: list[dict], files: RunFiles, max_failures: int) -> str:
     """One paragraph: what stopped the run, what is kept, how to go on."""
-    step = None
-    try:
-        step = read_checkpoint(files.last)["step"] if files.last.is_file() else None
-    except CheckpointError:
-        pass
+    step = last_step(files)
     kept = (f"its last checkpoint {files.last} (step {step}) is kept: rerun the same command to resume from it"
             if step is not None else "it had no checkpoint yet: rerunning starts it again")
     tries = f"after {max_failures} retr{'y' if max_failures == 1 else 'ies'} (ray.max_failures)" if max_failures else \

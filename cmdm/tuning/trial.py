@@ -11,23 +11,14 @@ import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from cmdm.atomic import atomic_write_text
-from cmdm.checkpoint_file import read_checkpoint
 from cmdm.config import absolute_paths, save_config
 from cmdm.ray_cluster import alive_node_ids, describe_nodes, lost_nodes
 from cmdm.run_files import SweepFiles
-from cmdm.train import make_trainer, worker_error_line
+from cmdm.train import last_step, make_trainer, worker_error_line
 from cmdm.tuning.doctor import best_evaluation, diagnose, new_evaluations
 from cmdm.tuning.sweep_file import Sweep
 
 TRIAL_RESOURCE = "trial_driver"   # custom resource: a trial's driver holds no CPU, its Train workers do
-
-
-def read_last_step(files) -> int | None:
-    """The step of the trial's last.pt (what a retry resumes from), None without one."""
-    try:
-        return int(read_checkpoint(files.last)["step"]) if files.last.is_file() else None
-    except Exception:  # noqa: BLE001 - only for the log line
-        return None
 
 
 def _evidence(findings) -> str:
@@ -84,7 +75,7 @@ def trial_driver(params: dict, sweep: Sweep) -> None:
         if lost:   # not the trial's fault: Tune's FailureConfig runs it again, and it resumes from its last.pt
             with open(files.node_lost, "a") as f:
                 f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} lost node {describe_nodes(lost)} at step "
-                        f"{read_last_step(files)}: {type(exc).__name__}\n")
+                        f"{last_step(files)}: {type(exc).__name__}\n")
             print(f"[trial {trial_id}] Ray node {describe_nodes(lost)} was lost while this trial trained; Tune "
                   "retries it from its last checkpoint (tune.FailureConfig max_failures)", flush=True)
             raise
