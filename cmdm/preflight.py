@@ -80,6 +80,12 @@ def needed_files(cfg: Config) -> dict[str, tuple[str, str]]:
     return needed
 
 
+def fingerprints(needed: dict[str, tuple[str, str]]) -> dict[str, str | None]:
+    """{config key: fingerprint of its path here} for needed_files' entries: what the driver and each node compare."""
+    return {key: (tree_fingerprint(path) if kind == "tree" else file_fingerprint(path))
+            for key, (kind, path) in needed.items()}
+
+
 def what_this_node_sees(marker: str, token: str, needed: dict[str, tuple[str, str]]) -> dict:
     """Run on each node: the marker's content, whether a file can be written beside it, and each fingerprint."""
     seen = {"host": socket.gethostname(), "ip": ray.util.get_node_ip_address(), "node_id": ray.get_runtime_context().get_node_id()}
@@ -94,8 +100,7 @@ def what_this_node_sees(marker: str, token: str, needed: dict[str, tuple[str, st
         seen["writable"] = None
     except OSError as err:
         seen["writable"] = f"{type(err).__name__}: {err}"
-    seen["files"] = {key: (tree_fingerprint(path) if kind == "tree" else file_fingerprint(path))
-                     for key, (kind, path) in needed.items()}
+    seen["files"] = fingerprints(needed)
     return seen
 
 
@@ -114,8 +119,7 @@ def check_cluster(cfg: Config, output_root: str | Path, log=print) -> None:
         return
     output_root = Path(output_root).resolve()
     needed = needed_files(cfg)
-    mine = {key: (tree_fingerprint(path) if kind == "tree" else file_fingerprint(path))
-            for key, (kind, path) in needed.items()}
+    mine = fingerprints(needed)
     token = secrets.token_hex(16)
     marker_dir = output_root / MARKER_DIR
     marker_dir.mkdir(parents=True, exist_ok=True)
