@@ -113,6 +113,52 @@ def test_study_report_and_tensorboard_files(swept):
     assert (d / "sweep.yaml").is_file() and json.loads((d / "sweep.json").read_text())["metric"] == "fid"
 
 
+def test_a_resumed_asha_rebuilds_its_rungs_from_the_trials_histories(swept):
+    """Ray does not save the scheduler with the experiment: the ASHA a resumed sweep gets has empty rungs. Given
+    the tiny sweep's real trials as Tune restores them (finished trials added again), ResumableASHA's rungs,
+    rebuilt from each trial's runtime.log, equal those of a plain ASHA that saw Tune's reports live (to the log's
+    4 decimals), and a new trial worse than every recorded one at the first rung is stopped there (a plain
+    restored ASHA lets it go on)."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    from cmdm.tuning.run import ResumableASHA
+    d, _ = swept
+    args = dict(time_attr="evaluations", metric="best_fid", mode="min", grace_period=1, reduction_factor=2, max_t=5)
+    results = [json.loads(line) for f in sorted((d / "tune").glob("trial_driver_*"))
+               for line in (f / "result.json").read_text().splitlines()]
+    trials = {r["trial_id"]: SimpleNamespace(trial_id=r["trial_id"], status="TERMINATED") for r in results}
+    assert len(trials) == 3
+    live = ASHAScheduler(**args)          # the reports in the order they arrived
+    for t in trials.values():
+        live.on_trial_add(None, t)
+    for r in sorted(results, key=lambda r: r["timestamp"]):
+        live.on_trial_result(None, trials[r["trial_id"]], r)
+    restored_plain, rebuilt = ASHAScheduler(**args), ResumableASHA(sweep_dir=d, base_metric="fid", **args)
+    for t in trials.values():
+        restored_plain.on_trial_add(None, t)
+        rebuilt.on_trial_add(None, t)
+    recorded = [{m: dict(r) for m, r in b._rungs} for b in live._brackets]
+    assert len(recorded[0][1]) == 3                                      # every trial reached rung 1
+    again = [{m: dict(r) for m, r in b._rungs} for b in rebuilt._brackets]
+    assert [{m: sorted(r) for m, r in b.items()} for b in again] == [{m: sorted(r) for m, r in b.items()}
+                                                                      for b in recorded]
+    for b_again, b_live in zip(again, recorded):
+        for m in b_live:
+            assert b_again[m] == pytest.approx(b_live[m], abs=1e-4)
+    assert all(not r for b in restored_plain._brackets for _, r in b._rungs)     # what Ray's restore gives
+    assert rebuilt.replayed == {t: max(r["epoch"] for r in results if r["trial_id"] == t) for t in trials}
+    assert not rebuilt._trial_info                                     # finished trials report nothing more
+    worst = max(-v for v in recorded[0][1].values())                   # rung values are stored as -fid (mode min)
+    new = SimpleNamespace(trial_id="new", status="PENDING")
+    result = {"evaluations": 1, "best_fid": worst + 1.0}
+    for sched, action in ((rebuilt, TrialScheduler.STOP), (restored_plain, TrialScheduler.CONTINUE)):
+        sched.on_trial_add(None, new)
+        assert sched.on_trial_result(None, new, result) == action
+    assert rebuilt.rungs()[0][1]["new"] == pytest.approx(worst + 1.0)
+
+
 def test_export_loads_in_evaluate_and_as_resume_from(swept, tmp_path):
     d, _ = swept
     out = tmp_path / "best"
@@ -160,8 +206,9 @@ def test_crashing_trials_do_not_stop_the_sweep_and_are_diagnosed(tiny, tmp_path)
 
 def test_interrupted_sweep_resumes(tiny, tmp_path):
     """kill -9 of the whole tune_ray.py process group (Ray included) right after a trial finished, then --resume:
-    the unfinished trial continues from its checkpoint, and the summary agrees with what each trial wrote itself
-    (Tune's restored state may predate the finished trial's last report), over the time of both runs."""
+    the unfinished trial continues from its checkpoint, ASHA's rungs are rebuilt from the trials' reports (Ray
+    restores the searcher, not the scheduler), and the summary agrees with what each trial wrote itself (Tune's
+    restored state may predate the finished trial's last report), over the time of both runs."""
     from listening import process_tree
     # ASHA's only rung is at the 5th evaluation and trials last 6 epochs: the trial interrupted right after its
     # first checkpoint cannot finish (or be stopped by ASHA) before the kill.
@@ -207,11 +254,24 @@ def test_interrupted_sweep_resumes(tiny, tmp_path):
     assert len(summary["trials"]) == 2 and all(t["end"] != "failed" for t in summary["trials"])
     assert first_best.stat().st_mtime == best_mtime                           # the finished trial's best kept
     assert "Resumed from" in (unfinished / "logs" / "runtime.log").read_text()   # the unfinished one continued
+    # Ray restores no scheduler state: ASHA's rung at the 5th evaluation is rebuilt from the finished trial's history,
+    # so the resumed trial is judged against it there (stopped if its best is worse, as without the kill)
+    assert f"[asha] trial {first.parent.name}: rung records rebuilt" in resumed.stdout, resumed.stdout[-3000:]
+    rows = {Path(row["run_dir"]).name: row for row in summary["trials"]}
+
+    def best_at_rung(row):
+        return min(h["fid"] for h in row["history"] if h.get("evaluations") and h["evaluations"] <= 5
+                   and isinstance(h.get("fid"), (int, float)))
+    worse = best_at_rung(rows[unfinished.name]) > best_at_rung(rows[first.parent.name])
+    assert (rows[unfinished.name]["end"] == "stopped by ASHA") == worse, rows[unfinished.name]
     for row in summary["trials"]:              # every row says what the trial's own files say
         run = Path(row["run_dir"])
         own_best = json.loads((run / "checkpoints" / "best_metrics.json").read_text())
-        status = json.loads((run / "status.json").read_text())
         assert row["best"]["fid"] == pytest.approx(own_best["fid"]) and row["best_epoch"] == own_best["epoch"]
+        if row["end"] == "stopped by ASHA":    # killed by Tune at the rung: no status.json of its own
+            assert row["evaluations"] == 5 and not (run / "status.json").exists()
+            continue
+        status = json.loads((run / "status.json").read_text())
         assert row["epochs"] == status["epoch"] and row["evaluations"] == status["evaluations"]
     fids = [t["best"]["fid"] for t in summary["trials"]]
     assert fids == sorted(fids)

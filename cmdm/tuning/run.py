@@ -29,6 +29,7 @@ from ray.tune.search import BasicVariantGenerator
 
 from cmdm.atomic import atomic_write_text
 from cmdm.config import absolute_paths
+from cmdm.evaluation.metrics import LOWER_IS_BETTER
 from cmdm.preflight import check_cluster
 from cmdm.prepare import check_data_root, prepare
 from cmdm.ray_cluster import check_ray_token_settings, start_ray
@@ -37,7 +38,7 @@ from cmdm.run_files import SweepFiles
 from cmdm.tuning.report import LiveReport, make_report
 from cmdm.tuning.search import build_searcher, random_space
 from cmdm.tuning.space import format_value
-from cmdm.tuning.summary import format_summary, summarise, write_summary
+from cmdm.tuning.summary import format_summary, runtime_history, summarise, write_summary
 from cmdm.tuning.sweep_file import Sweep
 from cmdm.tuning.trial import TRIAL_RESOURCE, trial_driver
 
@@ -61,6 +62,57 @@ class TargetStopper(tune.Stopper):
 
     def stop_all(self):
         return self.enabled and self.met_by is not None
+
+
+class ResumableASHA(ASHAScheduler):
+    """ASHA that rebuilds its rung records when a sweep is resumed.
+
+    Ray Tune does not save the scheduler with the experiment (TuneController drops it from its state; only the
+    searcher and the callbacks are restored), so after `Tuner.restore` plain ASHA starts with empty rungs: the
+    first trial to reach a rung is compared with nobody and always continues, however bad. Tune calls
+    `on_trial_add` for every restored trial, finished ones included; here each trial's own history (the epochs
+    and evaluations its logs/runtime.log recorded as they happened: Tune's copy of its results is synced only
+    now and then, and may miss the last ones of a killed sweep) is replayed into its bracket, so the rungs are
+    what they were when the sweep stopped. A new trial has no history: nothing to replay."""
+
+    def __init__(self, *args, sweep_dir, base_metric: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.trials_dir, self.base_metric = SweepFiles(sweep_dir), base_metric
+        self.replayed: dict[str, int] = {}      # trial id -> epochs replayed after a resume (for the log, tests)
+
+    def on_trial_add(self, tune_controller, trial):
+        super().on_trial_add(tune_controller, trial)
+        reports = trial_reports(self.trials_dir.trial(trial.trial_id).log_file, self.base_metric)
+        if not reports:
+            return
+        bracket = self._trial_info[trial.trial_id]
+        for report in reports:
+            if report.get(self._metric) is not None:
+                bracket.on_result(trial, report[self._time_attr], self._metric_op * report[self._metric])
+        self.replayed[trial.trial_id] = len(reports)
+        if trial.status in ("TERMINATED", "ERROR"):     # it will report nothing more
+            del self._trial_info[trial.trial_id]
+        print(f"[asha] trial {trial.trial_id}: rung records rebuilt from its {len(reports)} epochs (Ray does not "
+              "restore the scheduler)", flush=True)
+
+    def rungs(self) -> list[dict]:
+        """Each bracket's rungs: {milestone: {trial_id: recorded value in the metric's own sign}}."""
+        return [{milestone: {t: self._metric_op * v for t, v in recorded.items()} for milestone, recorded in b._rungs}
+                for b in self._brackets]
+
+
+def trial_reports(log_file: Path, metric: str) -> list[dict]:
+    """A trial's epochs as its runtime.log has them, in the units ASHA reads: epoch, evaluations so far and the
+    best `metric` so far (None before the first evaluation); [] for a trial that has not trained."""
+    reports, best, evaluations = [], None, 0
+    for epoch, row in sorted(runtime_history(log_file).items()):
+        if isinstance(row.get(metric), float):
+            evaluations += 1
+            value = row[metric]
+            if best is None or (value < best if LOWER_IS_BETTER[metric] else value > best):
+                best = value
+        reports.append({"epoch": epoch, "evaluations": evaluations, f"best_{metric}": best})
+    return reports
 
 
 class TrialClock(tune.Callback):
@@ -181,9 +233,10 @@ def make_tuner(sweep: Sweep, *, strategy: str, resume: bool, driver_resources: d
         log("Warm start (the guide's rules as first trials): " + "; ".join(
             f"{name}: " + ", ".join(f"{k.split('.')[-1]}={format_value(v)}" for k, v in p.items()) for name, p in priors))
     sched = sweep.scheduler
-    scheduler = ASHAScheduler(time_attr=sched.time_attr, metric=f"best_{sweep.metric}", mode=sweep.mode,
-                              grace_period=sched.grace_period, reduction_factor=sched.reduction_factor,
-                              max_t=sched.max_t + 1)   # a trial reaching max_t ends by itself, not killed on its last report
+    scheduler = ResumableASHA(sweep_dir=sweep.sweep_dir, base_metric=sweep.metric,
+                               time_attr=sched.time_attr, metric=f"best_{sweep.metric}", mode=sweep.mode,
+                               grace_period=sched.grace_period, reduction_factor=sched.reduction_factor,
+                               max_t=sched.max_t + 1)   # a trial reaching max_t ends by itself, not killed on its last report
     return tune.Tuner(trainable, run_config=run_config,
                       tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, **trials))
 
