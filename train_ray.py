@@ -54,8 +54,9 @@ def main(argv=None) -> int:
     stop = metrics["stop_reason"]
     best = "none yet" if metrics["best"] is None else \
         f"{metrics['best_metric']} {metrics['best']:.4f} at step {metrics['best_step']}"
+    reruns = metrics.get("lost_node_reruns") or 0
     print(f"Run {cfg.name}: {stop} at epoch {metrics['epoch']}, step {metrics['step']}; best {best}; "
-          f"outputs in {metrics['run_dir']}")
+          f"outputs in {metrics['run_dir']}" + (f" (rerun {reruns}x after a lost Ray node)" if reruns else ""))
     if stop == "diverged":
         print("error: training stopped on a non-finite loss or gradient; see logs/runtime.log for the remedy.",
               file=sys.stderr)

@@ -177,6 +177,8 @@ class RayConfig:
     gpus_per_worker: float = bounded(0.0, ge=0)   # GPUs per worker; 0 with use_gpu -> 1 per worker
     address: str = ""                             # "" = start a local Ray for the job; "auto" or host:port to join
     max_failures: int = bounded(0, ge=-1)         # worker-failure retries from the last checkpoint; -1 = forever
+    lost_node_retries: int = bounded(3, ge=0)     # reruns from last.pt when a Ray node dies (not the run's fault)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # workers over nodes
 
 
 @dataclass

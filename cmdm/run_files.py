@@ -46,7 +46,7 @@ class RunFiles:
         self.best_json = self.checkpoints / "best_metrics.json"
         self.config = self.root / "config.yaml"
         self.status = self.root / "status.json"      # how the run ended, for the driver and for people
-        self.node_lost = self.root / "node_lost.log"  # a sweep trial: each Ray node lost while it trained
+        self.node_lost = self.root / "node_lost.log"  # each Ray node lost while the run / trial trained
         self.error = self.root / "error.txt"         # a sweep trial's traceback, when it crashed
         self.ray = self.root / "ray"
 

@@ -67,7 +67,7 @@ from cmdm.preflight import check_cluster
 from cmdm.prepare import check_data_root, prepare
 from cmdm.ray_cluster import (alive_node_ids, check_ray_token_settings, describe_nodes, lost_nodes, ray_is_up,
                                start_ray)
-from cmdm.resources import check_fits, cluster_offer, local_offer
+from cmdm.resources import ResourceError, check_fits, cluster_offer, local_offer
 from cmdm.run_files import CHECKPOINT_VERSION, RunFiles, reconcile_best, save_best
 from cmdm.skeleton import recover_from_ric
 from cmdm.viz import render_motion_frames
@@ -419,7 +419,8 @@ def build(cfg: Config, files: RunFiles) -> tuple[Worker, TrainState]:
                     precision=resolve_precision(tr.precision, device))
     n_params = sum(p.numel() for p in params)
     log.info(f"Run {cfg.name}: {world} worker(s) on {device.type} ({worker.precision}), {len(train_set)} train clips, "
-             f"{steps_per_epoch} steps/epoch, {total_steps} steps, {n_params / 1e6:.2f}M trainable parameters")
+             f"{steps_per_epoch} steps/epoch, {total_steps} steps, {n_params / 1e6:.2f}M trainable parameters; "
+             f"rank 0 on Ray node {ray.get_runtime_context().get_node_id()[:12]}")
     log.info(f"Set-up in this worker: {time.time() - t_enter:.1f} s (data {t_model - t_enter:.1f} s, "
              f"model and the rest {time.time() - t_model:.1f} s)" + _since_process_start(t_enter))
     return worker, state
@@ -778,7 +779,8 @@ def make_trainer(cfg: Config, files: RunFiles, *, init_from: str | None = None, 
         train_loop_config={"config": config_to_dict(cfg), "run_dir": str(files.root),
                            "init_from": init_from, "partial": partial},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
-                                               resources_per_worker=per_worker),
+                                               resources_per_worker=per_worker,
+                                               placement_strategy=cfg.ray.placement_strategy),
         run_config=ray.train.RunConfig(
             name="train", storage_path=str(files.ray), callbacks=list(callbacks),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
@@ -809,15 +811,29 @@ def run_training(cfg: Config, *, init_from: str | None = None, partial: bool = F
         print(f"Ray dashboard: {url}  (it asks for the token: ray get-auth-token)")
     print(f"Run folder: {files.root}  (TensorBoard: tensorboard --logdir {files.logs} --host 127.0.0.1)")
 
-    trainer = make_trainer(cfg, files, init_from=init_from, partial=partial)
     if files.status.exists():      # the worker writes a new one at the end; a failed run leaves none
         files.status.unlink()
-    nodes = alive_node_ids()
-    try:
-        result = trainer.fit()     # its metrics: the run's last report (every report carries a checkpoint)
-    except ray.train.TrainingFailedError as err:
-        raise TrainingFailed(describe_failure(err, lost_nodes(nodes), files, cfg.ray.max_failures)) from err
-    return {**run_outcome(result.metrics), "run_dir": str(files.root)}
+    reruns = 0
+    while True:       # a rerun after a lost node resumes from last.pt (the resume phase), as a rerun by hand would
+        trainer = make_trainer(cfg, files, init_from=init_from, partial=partial)
+        nodes = alive_node_ids()
+        try:
+            result = trainer.fit()     # its metrics: the run's last report (every report carries a checkpoint)
+            break
+        except ray.train.TrainingFailedError as err:
+            lost = lost_nodes(nodes)
+            if not lost or reruns >= cfg.ray.lost_node_retries:
+                raise TrainingFailed(describe_failure(err, lost, files, cfg.ray, reruns)) from err
+            record_lost_node(files, lost, err)
+            try:
+                check_fits(cfg.ray, cluster_offer(), where=where, prefix="ray.", what="the nodes left")
+            except ResourceError as short:
+                raise TrainingFailed(describe_failure(err, lost, files, cfg.ray, reruns, room=str(short))) from err
+            reruns += 1
+            print(f"Ray node {describe_nodes(lost)} was lost at step {last_step(files)}: rerunning from "
+                  f"{files.last} on the nodes left ({reruns} of ray.lost_node_retries={cfg.ray.lost_node_retries})",
+                  flush=True)
+    return {**run_outcome(result.metrics), "run_dir": str(files.root), "lost_node_reruns": reruns}
 
 
 class TrainingFailed(Exception):
@@ -839,16 +855,33 @@ def last_step(files: RunFiles) -> int | None:
         return None
 
 
-def describe_failure(err: BaseException, lost: list[dict], files: RunFiles, max_failures: int) -> str:
+def record_lost_node(files: RunFiles, lost: list[dict], err: BaseException) -> None:
+    """One line in the run's node_lost.log: when, which node, at which step of last.pt, and what the workers raised."""
+    with open(files.node_lost, "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} lost node {describe_nodes(lost)} at step "
+                f"{last_step(files)}: {type(err).__name__}\n")
+
+
+def describe_failure(err: BaseException, lost: list[dict], files: RunFiles, ray_cfg, reruns: int = 0,
+                     room: str = "") -> str:
     """One paragraph: what stopped the run, what is kept, how to go on."""
     step = last_step(files)
     kept = (f"its last checkpoint {files.last} (step {step}) is kept: rerun the same command to resume from it"
             if step is not None else "it had no checkpoint yet: rerunning starts it again")
-    tries = f"after {max_failures} retr{'y' if max_failures == 1 else 'ies'} (ray.max_failures)" if max_failures else \
-        "(ray.max_failures = 0: no retry)"
     if lost:
-        return (f"training stopped {tries}: Ray node {describe_nodes(lost)} was lost during the run (its workers "
-                f"died with it; the others then failed with: {worker_error_line(err)[:200]}); {kept}. To ride out "
-                "a lost node without a rerun, set ray.max_failures=2 (Ray Train restarts the workers from the last checkpoint on the nodes left, when they have room).")
+        if room:
+            why = f"(after {reruns} rerun(s)) and the nodes left cannot hold the run: {room}"
+            fix = "Add a node (or lower ray.num_workers) and rerun."
+        elif ray_cfg.lost_node_retries:
+            why = f"again after {reruns} rerun(s) (ray.lost_node_retries = {ray_cfg.lost_node_retries}, all spent)"
+            fix = "Raise ray.lost_node_retries if the cluster loses nodes this often."
+        else:
+            why = "(ray.lost_node_retries = 0: no rerun)"
+            fix = ("To ride out a lost node, set ray.lost_node_retries=3 (the run is rerun from last.pt on the "
+                   "nodes left, when they have room).")
+        return (f"training stopped: Ray node {describe_nodes(lost)} was lost during the run {why} (its workers died "
+                f"with it; the others then failed with: {worker_error_line(err)[:200]}); {kept}. {fix}")
+    n = ray_cfg.max_failures
+    tries = f"after {n} retr{'y' if n == 1 else 'ies'} (ray.max_failures)" if n else "(ray.max_failures = 0: no retry)"
     return (f"training stopped {tries} on an error in a worker: {worker_error_line(err)[:300]}. The worker's "
             f"traceback is above and its log in {files.log_file}; {kept}.")

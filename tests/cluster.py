@@ -10,7 +10,8 @@ own mount namespace (`unshare -m`, as root) with a fresh tmpfs over each of `pri
 there, those folders are empty and what the node writes in them stays its own, as on a machine with its own
 disk. Everything else of the file system is the same on both nodes, so `shared` (a plain folder) plays the
 part of the NFS/EFS volume mounted at the same path on every node. Each node has its own resource label
-(`head_node`, `second_node`: ask for 0.01 of it to place a task or a trial on that node) and `num_cpus` CPUs.
+(`head_node`, `second_node`: ask for 0.01 of it to place a task or a trial on that node) and `num_cpus` CPUs
+(the head `head_cpus`, by default as many).
 
 Everything listens on 127.0.0.1 only. Stock `ray start` cannot give that for two nodes: with Ray's
 single-machine setting (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) a node takes 127.0.0.1 as its address and every
@@ -137,11 +138,12 @@ class TwoNodeCluster:
     """
 
     def __init__(self, base, private_paths=(), num_cpus: int = 1, object_store_mb: int = 256,
-                 node_death_s: float = 3.0, start_timeout_s: float = 90.0, log=print):
+                 node_death_s: float = 3.0, start_timeout_s: float = 90.0, head_cpus: int | None = None, log=print):
         self.base = Path(base).resolve()
         self.shared = self.base / "shared"
         self.private_paths = [(self.base / p).resolve() for p in private_paths]   # relative: under base
         self.num_cpus = num_cpus
+        self.head_cpus = num_cpus if head_cpus is None else head_cpus     # room for a run that lost the second node
         self.object_store_mb = object_store_mb
         self.node_death_s = node_death_s
         self.start_timeout_s = start_timeout_s
@@ -178,8 +180,7 @@ class TwoNodeCluster:
                          "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
         self.env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"} | ray_variables
         node_env = {k: v for k, v in self.env.items() if k != "RAY_ADDRESS"}
-        common = [f"--node-ip-address={LOOPBACK}", f"--num-cpus={self.num_cpus}",
-                  f"--object-store-memory={self.object_store_mb * 2**20}", "--min-worker-port=0",
+        common = [f"--node-ip-address={LOOPBACK}", f"--object-store-memory={self.object_store_mb * 2**20}", "--min-worker-port=0",
                   "--max-worker-port=0", "--disable-usage-stats", "--block"]
         try:
             # Fixed ports of the head (dashboard and autoscaler metrics) move to free ones; the GCS checks a
@@ -190,7 +191,8 @@ class TwoNodeCluster:
                                    "RAY_health_check_failure_threshold": "3"}
             self.head = self._launch("head", [
                 sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={gcs_port}",
-                *common, f"--resources={json.dumps({'head_node': 1})}", "--include-dashboard=false",
+                *common, f"--num-cpus={self.head_cpus}", f"--resources={json.dumps({'head_node': 1})}",
+                "--include-dashboard=false",
                 f"--dashboard-host={LOOPBACK}", f"--dashboard-port={dashboard_port}",
                 f"--dashboard-agent-listen-port={head_agent_port}", f"--ray-client-server-port={client_port}",
                 f"--temp-dir={self.ray_temp_dir / 'head'}"], head_env)
@@ -201,6 +203,7 @@ class TwoNodeCluster:
             self.second = self._launch("second", [
                 "unshare", "-m", "sh", "-c", f'mount --make-rprivate / && {mounts}exec "$0" "$@"',
                 sys.executable, "-c", JOIN_ON_LOOPBACK, "start", f"--address={self.address}", *common,
+                f"--num-cpus={self.num_cpus}",
                 f"--resources={json.dumps({'second_node': 1})}",
                 f"--dashboard-agent-listen-port={second_agent_port}",
                 f"--temp-dir={self.ray_temp_dir / 'second'}"], node_env)

@@ -43,9 +43,6 @@ from cmdm.tuning.sweep_file import Sweep
 from cmdm.tuning.trial import TRIAL_RESOURCE, trial_driver
 
 
-LOST_NODE_RETRIES = 3   # Tune reruns a trial whose node was lost (trial.py re-raises only then); it resumes from last.pt
-
-
 class TargetStopper(tune.Stopper):
     """Ends the whole sweep once one evaluation has met every target (when the sweep asks for it)."""
 
@@ -220,9 +217,11 @@ def make_tuner(sweep: Sweep, *, strategy: str, resume: bool, driver_resources: d
                         "diagnosis": "diagnosis"},
         parameter_columns={k: k.split(".")[-1] for k in sweep.space}, max_report_frequency=20)
     callbacks = [clock, LiveReport(sweep, asha=strategy != "random")]      # report/index.html as trials end
+    # Tune reruns a trial whose node was lost (trial.py re-raises only then: a trial's own error is its result);
+    # the rerun resumes from the trial's last.pt
     run_config = tune.RunConfig(name=files.tune.name, storage_path=str(files.root), stop=stopper, callbacks=callbacks,
                                 progress_reporter=progress, verbose=1,
-                                failure_config=tune.FailureConfig(max_failures=LOST_NODE_RETRIES))
+                                failure_config=tune.FailureConfig(max_failures=sweep.base_config.ray.lost_node_retries))
     trials = {"num_samples": sweep.num_samples, "max_concurrent_trials": sweep.max_concurrent_trials}
     if strategy == "random":
         search = BasicVariantGenerator(random_state=sweep.seed, max_concurrent=sweep.max_concurrent_trials)

@@ -4,7 +4,6 @@ callback that hands each of the loop's reports on to Tune (Train -> Tune) with t
 """
 from __future__ import annotations
 
-import time
 import traceback
 
 import ray.tune
@@ -14,7 +13,7 @@ from cmdm.atomic import atomic_write_text
 from cmdm.config import absolute_paths, save_config
 from cmdm.ray_cluster import alive_node_ids, describe_nodes, lost_nodes
 from cmdm.run_files import SweepFiles
-from cmdm.train import last_step, make_trainer, worker_error_line
+from cmdm.train import make_trainer, record_lost_node, worker_error_line
 from cmdm.tuning.doctor import best_evaluation, diagnose, new_evaluations
 from cmdm.tuning.sweep_file import Sweep
 
@@ -73,11 +72,9 @@ def trial_driver(params: dict, sweep: Sweep) -> None:
     except Exception as exc:  # a crash, an OOM: report it as this trial's result; the sweep goes on
         lost = lost_nodes(nodes)
         if lost:   # not the trial's fault: Tune's FailureConfig runs it again, and it resumes from its last.pt
-            with open(files.node_lost, "a") as f:
-                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} lost node {describe_nodes(lost)} at step "
-                        f"{last_step(files)}: {type(exc).__name__}\n")
+            record_lost_node(files, lost, exc)
             print(f"[trial {trial_id}] Ray node {describe_nodes(lost)} was lost while this trial trained; Tune "
-                  "retries it from its last checkpoint (tune.FailureConfig max_failures)", flush=True)
+                  "retries it from its last checkpoint (tune.FailureConfig, ray.lost_node_retries)", flush=True)
             raise
         error = "".join(traceback.format_exception(exc))
         findings = diagnose([], error, rules=sweep.doctor_rules)
