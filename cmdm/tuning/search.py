@@ -39,7 +39,7 @@ class RuleGuidedSearch(OptunaSearch):
     trial's diagnosis into a remedy point queued in the study, so TPE's next suggestion is the fix."""
 
     def __init__(self, *args, sweep_space=None, max_remedies=0, log_path=None, remedy="restart", sweep_dir=None,
-                 **kwargs):
+                 max_epochs=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.sweep_space = sweep_space or {}
         self.max_remedies = max_remedies
@@ -48,6 +48,7 @@ class RuleGuidedSearch(OptunaSearch):
         self.log_path = log_path
         self.remedy = remedy                # continue | restart (sweep_file.REMEDIES; off: max_remedies is 0)
         self.sweep_dir = sweep_dir
+        self.max_epochs = max_epochs          # the trials' training.max_epochs (unless the space searches it)
         self.pending_forks: list[dict] = []   # forks whose remedy point Optuna has not suggested yet
         self.forked: dict[str, str] = {}      # parent trial id -> rule: its line goes on in a remedy trial
         self._trial_params: dict[str, dict] = {}
@@ -111,7 +112,8 @@ class RuleGuidedSearch(OptunaSearch):
             moved = ", ".join(f"{k}={format_value(v)}" for k, v in point.items() if point[k] != params.get(k))
             msg = f"[doctor] trial {trial_id}: {name} ({rules[name].cause}) -> queued {moved}"
             if self.remedy == "continue":
-                fork, why = fork_checkpoint(self.sweep_dir, trial_id, rules[name])
+                fork, why = fork_checkpoint(self.sweep_dir, trial_id, rules[name],
+                                            point.get("training.max_epochs", self.max_epochs))
                 record["fork"] = fork
                 if fork is not None:
                     changes = {k: [params.get(k), v] for k, v in point.items() if v != params.get(k)}
@@ -142,11 +144,11 @@ class ForkStopper(tune.Stopper):
         return False
 
 
-def fork_checkpoint(sweep_dir, parent: str, rule: Rule) -> tuple[dict | None, str]:
+def fork_checkpoint(sweep_dir, parent: str, rule: Rule, max_epochs: int | None) -> tuple[dict | None, str]:
     """The checkpoint a remedy trial continues `parent`'s line from, snapshotted now into <sweep>/forks/ (a hard
     link where it can: the parent goes on writing its own files until it is stopped), with where it stands:
     {parent, rule, kind, checkpoint, step, epoch}. None and why when there is nothing to continue from: the rule
-    starts over, the parent has no checkpoint (yet), or its checkpoint is at its last epoch."""
+    starts over, the parent has no checkpoint (yet), or its checkpoint is at the child's last epoch (max_epochs)."""
     if rule.continue_from is None or sweep_dir is None:
         return None, f"{rule.name} starts over"
     files, run = SweepFiles(sweep_dir), SweepFiles(sweep_dir).trial(parent)
@@ -164,14 +166,13 @@ def fork_checkpoint(sweep_dir, parent: str, rule: Rule) -> tuple[dict | None, st
         checkpoint = read_checkpoint(target)
         where = checkpoint["metrics"] if kind == "best" else checkpoint    # model_best.pt: its record says
         step, epoch = int(where["step"]), int(where["epoch"])
-        max_epochs = int(checkpoint["config"]["training"]["max_epochs"])
     except FileNotFoundError:
         return None, f"trial {parent} has no {source.name} yet"
     except (CheckpointError, KeyError, TypeError, ValueError) as exc:
         return None, f"its {source.name} cannot be read ({str(exc)[:100]})"
-    if epoch >= max_epochs:
+    if max_epochs is not None and epoch >= max_epochs:
         target.unlink()
-        return None, f"its {source.name} is at its last epoch ({epoch} of {max_epochs}): nothing left to continue"
+        return None, f"its {source.name} is at epoch {epoch} of {max_epochs}: no epoch left to continue"
     return {"parent": parent, "rule": rule.name, "kind": kind, "checkpoint": str(target), "step": step,
             "epoch": epoch}, ""
 
@@ -296,7 +297,7 @@ def build_searcher(sweep: Sweep, storage_url: str | None, log=print):
                                 study_name=sweep.name if storage_url else None,
                                 sweep_space=sweep.space, max_remedies=sweep.max_remedies if sweep.doctor else 0,
                                 log_path=str(SweepFiles(sweep.sweep_dir).remedies), remedy=sweep.remedy,
-                                sweep_dir=str(sweep.sweep_dir))
+                                sweep_dir=str(sweep.sweep_dir), max_epochs=sweep.base_config.training.max_epochs)
     for trial in earlier:
         searcher.observe(trial)
     for _, point in priors:
