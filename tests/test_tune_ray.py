@@ -244,9 +244,11 @@ def test_interrupted_sweep_resumes(tiny, tmp_path):
     restored state may predate the finished trial's last report), over the time of both runs."""
     from listening import process_tree
     # ASHA's only rung is at the 5th evaluation and trials last 6 epochs: the trial interrupted right after its
-    # first checkpoint cannot finish (or be stopped by ASHA) before the kill.
+    # first checkpoint cannot finish (or be stopped by ASHA) before the kill. Remedies restart, so a diagnosis
+    # does not stop a trial either (`continue` would: see test_a_diagnosed_trial_is_continued_from_its_checkpoint).
     path = sweep_file(tiny, tmp_path, "resume-sweep", base_extra={"training.max_epochs": 6}, num_samples=2,
-                      scheduler={"time_attr": "evaluations", "grace_period": 5, "reduction_factor": 2, "max_t": 6})
+                      scheduler={"time_attr": "evaluations", "grace_period": 5, "reduction_factor": 2, "max_t": 6},
+                      doctor={"remedy": "restart"})
     d = tmp_path / "outputs" / "resume-sweep"
     t_start = time.time()
     proc = subprocess.Popen([sys.executable, "tune_ray.py", str(path)], cwd=ROOT, stdout=subprocess.DEVNULL,

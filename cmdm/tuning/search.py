@@ -169,6 +169,7 @@ def fork_checkpoint(sweep_dir, parent: str, rule: Rule, max_epochs: int | None) 
     except FileNotFoundError:
         return None, f"trial {parent} has no {source.name} yet"
     except (CheckpointError, KeyError, TypeError, ValueError) as exc:
+        target.unlink(missing_ok=True)
         return None, f"its {source.name} cannot be read ({str(exc)[:100]})"
     if max_epochs is not None and epoch >= max_epochs:
         target.unlink()
