@@ -16,7 +16,7 @@ from cmdm.atomic import atomic_write_text
 from cmdm.evaluation.metrics import LOWER_IS_BETTER
 from cmdm.run_files import RunFiles, SweepFiles, read_best
 from cmdm.tuning.doctor import RULES, best_evaluation, explain, new_evaluations
-from cmdm.tuning.space import format_value
+from cmdm.tuning.space import format_changes, format_value
 from cmdm.tuning.sweep_file import FORK_KEY, Sweep
 
 ENDED = ("stop_reason", "epoch", "evaluations")   # what a trial's last report (or status.json) says of its end
@@ -98,8 +98,7 @@ def lineage(config: dict | None) -> dict:
     fork = (config or {}).get(FORK_KEY)
     if not isinstance(fork, dict) or "parent" not in fork:
         return {}
-    moved = ", ".join(f"{k.split('.')[-1]} {format_value(a)} -> {format_value(b)}"
-                      for k, (a, b) in (fork.get("changes") or {}).items())
+    moved = format_changes(fork.get("changes") or {})
     source = "model_best.pt" if fork.get("kind") == "best" else "last.pt"
     return {"parent": fork["parent"], "forked_at_step": fork.get("step"),
             "remedy": f"{fork.get('rule')}: {moved or '-'} (from its {source}, epoch {fork.get('epoch')})"}

@@ -16,7 +16,7 @@ from cmdm.ray_cluster import alive_node_ids, describe_nodes, lost_nodes
 from cmdm.run_files import SweepFiles
 from cmdm.train import last_step, make_trainer, worker_error_line
 from cmdm.tuning.doctor import best_evaluation, diagnose, new_evaluations
-from cmdm.tuning.space import format_value
+from cmdm.tuning.space import format_changes
 from cmdm.tuning.sweep_file import FORK_KEY, Sweep
 
 TRIAL_RESOURCE = "trial_driver"   # custom resource: a trial's driver holds no CPU, its Train workers do
@@ -62,8 +62,7 @@ class TrialReportCallback(TuneReportCallback):
 def lineage_line(fork: dict) -> str:
     """The first line of a remedy trial's runtime.log: whose line it continues, from where, with which remedy."""
     what = "its best, model_best.pt" if fork["kind"] == "best" else "its last checkpoint, last.pt"
-    changes = ", ".join(f"{k.split('.')[-1]} {format_value(a)} -> {format_value(b)}"
-                        for k, (a, b) in (fork.get("changes") or {}).items())
+    changes = format_changes(fork.get("changes") or {})
     return (f"Forked from trial {fork['parent']} at step {fork['step']} (epoch {fork['epoch']}, {what}) with "
             f"remedy {fork['rule']}: {changes or 'no searched value moved'}")
 
