@@ -14,7 +14,9 @@ all go through here.
     <sweep>/optuna.db                      the Optuna study (optuna-dashboard sqlite:///.../optuna.db)
     <sweep>/tune/                          Ray Tune's experiment (restore point, per-trial result.json / TensorBoard)
     <sweep>/trials/<trial_id>/             each trial's run folder, the layout above
-    <sweep>/remedies.jsonl                 each remedy trial the doctor queued, and why
+    <sweep>/remedies.jsonl                 each remedy trial the doctor queued, and why (and what it continues)
+    <sweep>/forks/<parent>-<rule>.pt       the diagnosed trial's checkpoint its remedy trial continues from,
+                                           as it was at the diagnosis (`doctor: {remedy: continue}`)
     <sweep>/clock.json                     when each run of the sweep started and last wrote (the wall time adds them)
     <sweep>/summary.md, summary.json       the final table, sorted by the metric
     <sweep>/report/                        curves.png, params_vs_<metric>.png, best_trial/*.gif
@@ -62,6 +64,7 @@ class SweepFiles:
         self.tune = self.root / "tune"
         self.trials = self.root / "trials"
         self.remedies = self.root / "remedies.jsonl"
+        self.forks = self.root / "forks"
         self.clock = self.root / "clock.json"
         self.summary_md = self.root / "summary.md"
         self.summary_json = self.root / "summary.json"

@@ -430,9 +430,10 @@ def build(cfg: Config, files: RunFiles) -> tuple[Worker, TrainState]:
 # The phases
 # ----------------------------------------------------------------------------
 
-def resume(worker: Worker, state: TrainState, init_from: str | None, partial: bool) -> None:
+def resume(worker: Worker, state: TrainState, init_from: str | None, partial: bool, fork: dict | None = None) -> None:
     """Continue from the newest of Ray's checkpoint (a retried worker group, a restored run) and our last.pt
-    (a rerun after a kill); otherwise start from --resume-from weights, if given."""
+    (a rerun after a kill); otherwise continue another run's line (`fork`, a sweep's remedy trial), or start
+    from --resume-from weights, if given."""
     candidates = []
     if worker.ray_checkpoint is not None:
         with worker.ray_checkpoint.as_directory() as d:
@@ -447,11 +448,50 @@ def resume(worker: Worker, state: TrainState, init_from: str | None, partial: bo
                         f"lr {state.scheduler.get_last_lr()[0]:.2e}")
         if worker.is_main:
             reconcile_best(worker.files)
+    elif fork:
+        continue_line(worker, state, fork)
     elif init_from:
         report = load_model_weights(state.model, init_from, strict=not partial, partial=partial, verbose=False)
         if state.ema is not None:
             state.ema = EMA(state.model, worker.cfg.training.ema.decay)
         worker.log.info(f"Initialised weights from {report.details()}")
+
+
+def continue_line(worker: Worker, state: TrainState, fork: dict) -> None:
+    """A sweep's remedy trial continuing a diagnosed trial's line (`doctor: {remedy: continue}`): the parent's
+    checkpoint, then this run's own hyperparameters. From a last.pt (kind "last"): the whole state (weights,
+    optimizer moments, lr-schedule position, EMA, step, epoch, RNG). From a model_best.pt (kind "best", overfitting):
+    the weights it evaluated and the step and epoch of that evaluation; the optimizer moments start at zero, as
+    model_best.pt holds weights only. Then the lr is this run's training.lr through the schedule at the restored
+    step, the weight decay this run's (dropout and the gradient clip come from its config anyway), and the best,
+    the evaluations and early stopping are this run's own: the sweep judges the child's values by what they do."""
+    tr = worker.cfg.training
+    checkpoint = read_checkpoint(fork["checkpoint"])
+    if fork["kind"] == "last":
+        parent_lr = checkpoint["scheduler"]["base_lrs"][0]
+        state.load_state_dict(checkpoint)
+        kept = "weights, optimizer moments, lr schedule position, EMA, RNG"
+    else:
+        parent_lr = checkpoint["config"]["training"]["lr"]
+        load_model_weights(state.model, fork["checkpoint"], strict=True, verbose=False)
+        if state.ema is not None:
+            state.ema = EMA(state.model, tr.ema.decay)
+        state.step, state.epoch = int(checkpoint["metrics"]["step"]), int(checkpoint["metrics"]["epoch"])
+        kept = ("the weights it evaluated and the lr schedule position; the optimizer moments start at zero "
+                "(model_best.pt holds weights only)")
+    state.best = BestTracker(tr.best_metric, tr.early_stopping.min_delta)
+    state.evaluations, state.last_metrics, state.stop_reason = 0, {}, None
+    # This run's hyperparameters from here on: LambdaLR's lr at step s is base_lr * factor(s).
+    scheduler, groups = state.scheduler, state.optimizer.param_groups
+    scheduler.base_lrs, scheduler.last_epoch = [tr.lr] * len(groups), state.step
+    for group, factor in zip(groups, (f(state.step) for f in scheduler.lr_lambdas)):
+        group.update(initial_lr=tr.lr, lr=tr.lr * factor, weight_decay=tr.weight_decay)
+    scheduler._last_lr = [group["lr"] for group in groups]     # what get_last_lr() returns until the next step
+    worker.log.info(f"Continued trial {fork['parent']}'s line from {fork['checkpoint']} at epoch {state.epoch}, step "
+                    f"{state.step}: {kept}. From here on this run's values: base lr {parent_lr:.3g} -> {tr.lr:.3g} "
+                    f"(lr now {groups[0]['lr']:.2e}), weight_decay {tr.weight_decay:g}, dropout "
+                    f"{worker.cfg.model.dropout:g}, grad_clip {tr.grad_clip:g}; {tr.max_epochs - state.epoch} "
+                    f"epoch(s) left of {tr.max_epochs}.")
 
 
 def train_one_epoch(worker: Worker, state: TrainState) -> dict:
@@ -651,10 +691,10 @@ def finish(worker: Worker, state: TrainState, last_report: dict) -> None:
 
 def train_loop_per_worker(loop_config: dict) -> None:
     """What each Ray worker runs. loop_config: {'config': Config as dict, 'run_dir': abs path,
-    'init_from': optional weights path, 'partial': bool}."""
+    'init_from': optional weights path, 'partial': bool, 'fork': optional line to continue (continue_line)}."""
     cfg = config_from_dict(loop_config["config"], source="run config")
     worker, state = build(cfg, RunFiles(loop_config["run_dir"]))
-    resume(worker, state, loop_config.get("init_from"), bool(loop_config.get("partial")))
+    resume(worker, state, loop_config.get("init_from"), bool(loop_config.get("partial")), loop_config.get("fork"))
 
     if state.stop_reason or state.epoch >= cfg.training.max_epochs:     # a rerun of a run that has ended
         if state.stop_reason:
@@ -768,16 +808,17 @@ def check_init_from(cfg: Config, init_from: str | None, partial: bool) -> None:
 
 
 def make_trainer(cfg: Config, files: RunFiles, *, init_from: str | None = None, partial: bool = False,
-                 callbacks=()):
+                 callbacks=(), fork: dict | None = None):
     """The TorchTrainer of one run (train_ray.py) or one sweep trial: workers and their resources, Ray's
-    checkpoints under files.ray (what a retried worker group resumes from), worker-failure retries."""
+    checkpoints under files.ray (what a retried worker group resumes from), worker-failure retries. `fork`: the
+    line a sweep's remedy trial continues ({kind, checkpoint, parent, ...}, see continue_line)."""
     per_worker = {"CPU": cfg.ray.cpus_per_worker}
     if cfg.ray.use_gpu:
         per_worker["GPU"] = cfg.ray.gpus_per_worker or 1
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config_to_dict(cfg), "run_dir": str(files.root),
-                           "init_from": init_from, "partial": partial},
+                           "init_from": init_from, "partial": partial, "fork": fork},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
                                                resources_per_worker=per_worker,
                                                placement_strategy=cfg.ray.placement_strategy),

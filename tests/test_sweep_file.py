@@ -74,6 +74,10 @@ def test_param_clip_and_contains():
     (("name: s", "name: s\nnum_sample: 3"), ["num_sample", "not a sweep key"]),
     (("name: s", "name: s\ndoctor: [loss_plateau]"), ["doctor", "loss_plateau", "loss_not_decreasing"]),
     (("name: s", "name: s\ndoctor: maybe"), ["doctor", "true or false"]),
+    (("name: s", "name: s\ndoctor: {remedy: sometimes}"), ["doctor.remedy", "sometimes", "continue, restart, off"]),
+    (("name: s", "name: s\ndoctor: {remdy: restart}"), ["doctor.remdy", "Did you mean `remedy`"]),
+    (("name: s", "name: s\ndoctor: {rules: [fid_rise]}"), ["doctor", "fid_rise", "fid_rising"]),
+    (("name: s", "name: s\ndoctor: {remedy: continue, rules: []}"), ["doctor", "names no rule"]),
 ])
 def test_bad_sweeps_are_refused_with_the_key_and_a_fix(tmp_path, edit, words):
     path = write(tmp_path, GOOD.replace(*edit))
@@ -116,3 +120,23 @@ def test_doctor_can_be_limited_to_some_rules(tmp_path):
     s = load_sweep(write(tmp_path, GOOD + "doctor: [out_of_memory, gradient_explosion, fid_rising]\n"))
     assert s.doctor and s.doctor_rules == ("out_of_memory", "gradient_explosion", "fid_rising")
     assert load_sweep(write(tmp_path, GOOD)).doctor_rules is None          # default: every rule
+
+
+@pytest.mark.parametrize("doctor, remedy, rules", [
+    (None, "continue", None),                                  # the default: a remedy continues the trial's line
+    ("true", "continue", None),
+    ("false", "off", None),
+    ("[fid_rising]", "continue", ("fid_rising",)),
+    ("{remedy: restart}", "restart", None),
+    ("{remedy: off}", "off", None),                            # YAML's bare off is false: read as "off"
+    ("{remedy: continue, rules: [loss_oscillating, fid_rising]}", "continue", ("loss_oscillating", "fid_rising")),
+])
+def test_doctor_forms(tmp_path, doctor, remedy, rules):
+    s = load_sweep(write(tmp_path, GOOD + (f"doctor: {doctor}\n" if doctor else "")))
+    assert (s.remedy, s.doctor_rules, s.doctor) == (remedy, rules, remedy != "off")
+
+
+def test_doctor_remedy_on_the_command_line_keeps_the_files_rules(tmp_path):
+    s = load_sweep(write(tmp_path, GOOD + "doctor: [fid_rising]\n"), ["doctor.remedy=restart"])
+    assert s.remedy == "restart" and s.doctor_rules == ("fid_rising",)
+    assert load_sweep(write(tmp_path, GOOD), ["doctor=false"]).remedy == "off"

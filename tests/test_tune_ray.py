@@ -4,6 +4,7 @@ The searcher's remedy path is checked without Ray: a diagnosed trial makes the n
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -204,6 +205,38 @@ def test_crashing_trials_do_not_stop_the_sweep_and_are_diagnosed(tiny, tmp_path)
     assert second["params"] == remedy["point"] and remedy["point"]["task.train.batch_size"] == 8
 
 
+def test_a_diagnosed_trial_is_continued_from_its_checkpoint(tiny, tmp_path):
+    """doctor {remedy: continue} end to end: at lr ~1e-8 the loss stays flat, so after its 3rd epoch the first
+    trial is diagnosed loss_not_decreasing; the sweep stops it and the second trial continues its line from its
+    last.pt with lr x5/3: it trains only the epoch left, from the parent's step, and says so in its runtime.log;
+    the summary and the report show the lineage."""
+    path = sweep_file(tiny, tmp_path, "fork-sweep", base_extra={"training.max_epochs": 4}, num_samples=2,
+                      priors=False, max_remedies=1, space={"training.lr": {"loguniform": [1e-9, 1e-7]}},
+                      doctor={"remedy": "continue", "rules": ["loss_not_decreasing"]},
+                      scheduler={"time_attr": "evaluations", "grace_period": 3, "reduction_factor": 2, "max_t": 4})
+    proc = tune(path)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    d = tmp_path / "outputs" / "fork-sweep"
+    summary = json.loads((d / "summary.json").read_text())
+    child = next(t for t in summary["trials"] if t.get("parent"))
+    parent = next(t for t in summary["trials"] if t["trial_id"] == child["parent"])
+    step = child["forked_at_step"]
+    assert step % 16 == 0 and 3 * 16 <= step < 4 * 16                    # its last.pt after epoch 3
+    assert parent["end"] == f"stopped: continued in {child['trial_id']}"
+    assert child["remedy"].startswith("loss_not_decreasing: lr ") and "(from its last.pt, epoch 3)" in child["remedy"]
+    assert child["params"]["training.lr"] == pytest.approx(parent["params"]["training.lr"] * 5 / 3, rel=1e-3)
+    log = Path(child["run_dir"], "logs", "runtime.log").read_text().splitlines()
+    assert log[0].endswith(f"Forked from trial {parent['trial_id']} at step {step} (epoch 3, its last checkpoint, "
+                           f"last.pt) with remedy loss_not_decreasing: lr {parent['params']['training.lr']:.3g} -> "
+                           f"{child['params']['training.lr']:.3g}")
+    assert any(f"Continued trial {parent['trial_id']}'s line" in line for line in log)
+    first_step = int(re.search(r"Step:\s+(\d+)", next(line for line in log if "[TRAIN]" in line))[1])
+    assert step < first_step <= step + 5                                 # the step goes on from the parent's
+    status = json.loads(Path(child["run_dir"], "status.json").read_text())
+    assert status["epoch"] == 4 and status["step"] == 4 * 16 and child["evaluations"] == 1
+    assert "Lineage" in (d / "summary.md").read_text() and "<th>parent</th>" in (d / "report" / "index.html").read_text()
+
+
 def test_interrupted_sweep_resumes(tiny, tmp_path):
     """kill -9 of the whole tune_ray.py process group (Ray included) right after a trial finished, then --resume:
     the unfinished trial continues from its checkpoint, ASHA's rungs are rebuilt from the trials' reports (Ray
@@ -211,9 +244,11 @@ def test_interrupted_sweep_resumes(tiny, tmp_path):
     restored state may predate the finished trial's last report), over the time of both runs."""
     from listening import process_tree
     # ASHA's only rung is at the 5th evaluation and trials last 6 epochs: the trial interrupted right after its
-    # first checkpoint cannot finish (or be stopped by ASHA) before the kill.
+    # first checkpoint cannot finish (or be stopped by ASHA) before the kill. Remedies restart, so a diagnosis
+    # does not stop a trial either (`continue` would: see test_a_diagnosed_trial_is_continued_from_its_checkpoint).
     path = sweep_file(tiny, tmp_path, "resume-sweep", base_extra={"training.max_epochs": 6}, num_samples=2,
-                      scheduler={"time_attr": "evaluations", "grace_period": 5, "reduction_factor": 2, "max_t": 6})
+                      scheduler={"time_attr": "evaluations", "grace_period": 5, "reduction_factor": 2, "max_t": 6},
+                      doctor={"remedy": "restart"})
     d = tmp_path / "outputs" / "resume-sweep"
     t_start = time.time()
     proc = subprocess.Popen([sys.executable, "tune_ray.py", str(path)], cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -309,6 +344,67 @@ def test_a_diagnosis_makes_the_remedy_the_next_suggestion(tmp_path):
     searcher.on_trial_result("t2", {"best_fid": 4.0, "training_iteration": 1, "diagnosis": []})
     searcher.on_trial_result("t1", result)
     assert len(searcher.remedies) == 1
+
+
+def _unit_sweep(tmp_path, **extra):
+    from cmdm.tuning.sweep_file import load_sweep
+    spec = {"name": "unit", "base": str(ROOT / "configs" / "demo.yaml"), "output_root": str(tmp_path),
+            "space": {"training.lr": {"loguniform": [1e-5, 1e-2]}, "model.dropout": {"uniform": [0.0, 0.3]}},
+            "metric": "fid", "mode": "min", "priors": False, "num_samples": 8, "seed": 3, **extra}
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    sweep = load_sweep(path)
+    sweep.sweep_dir.mkdir(parents=True)
+    return sweep
+
+
+def _checkpoints(run, step, epoch):
+    """A last.pt and a model_best.pt with what the searcher reads of them (the loop writes the rest)."""
+    run.checkpoints.mkdir(parents=True)
+    torch.save({"step": step, "epoch": epoch, "model": {}}, run.last)
+    torch.save({"model": {}, "metrics": {"fid": 3.0, "step": step // 2, "epoch": epoch // 2}}, run.best)
+
+
+def test_a_diagnosed_trial_is_continued_by_its_remedy_trial_and_stopped(tmp_path):
+    """No Ray: doctor {remedy: continue}. A diagnosis makes the next suggestion the remedy point with a `_fork`
+    entry naming the parent's checkpoint, snapshotted into forks/ (last.pt for oscillation, model_best.pt for FID
+    rising), and ForkStopper stops the parent; restart queues the same point without one and stops nothing."""
+    from cmdm.run_files import SweepFiles
+    from cmdm.tuning.search import ForkStopper, build_searcher
+    sweep = _unit_sweep(tmp_path)
+    assert sweep.remedy == "continue"
+    searcher, _ = build_searcher(sweep, storage_url=None)
+    stopper = ForkStopper(searcher)
+    first = searcher.suggest("t1")
+    _checkpoints(SweepFiles(sweep.sweep_dir).trial("t1"), step=48, epoch=3)
+    assert not stopper("t1", {"best_fid": 5.0, "diagnosis": ()})
+    assert stopper("t1", {"best_fid": 5.0, "diagnosis": ("loss_oscillating",)})       # the parent is stopped
+    nxt = searcher.suggest("t2")
+    fork = nxt.pop("_fork")
+    assert nxt["training.lr"] == pytest.approx(first["training.lr"] * 2 / 3, rel=1e-3)
+    assert {k: fork[k] for k in ("parent", "rule", "kind", "step", "epoch")} == \
+        {"parent": "t1", "rule": "loss_oscillating", "kind": "last", "step": 48, "epoch": 3}
+    snapshot = Path(fork["checkpoint"])
+    assert snapshot.parent == SweepFiles(sweep.sweep_dir).forks and torch.load(snapshot)["step"] == 48
+    assert fork["changes"] == {"training.lr": [first["training.lr"], nxt["training.lr"]]}
+    searcher.on_trial_complete("t1", {"best_fid": 5.0, "diagnosis": ("loss_oscillating",)})   # remedied once
+    assert len(searcher.remedies) == 1 and "_fork" not in searcher.suggest("t3")
+    # overfitting continues from the best, at the step of its evaluation (a trial without files restarts)
+    assert not stopper("t3", {"best_fid": 4.0, "diagnosis": ("fid_rising",)}) and "_fork" not in searcher.suggest("t9")
+    _checkpoints(SweepFiles(sweep.sweep_dir).trial("t2"), step=48, epoch=3)
+    assert stopper("t2", {"best_fid": 4.0, "diagnosis": ("fid_rising",)})
+    fork = searcher.suggest("t4")["_fork"]
+    assert fork["kind"] == "best" and fork["step"] == 24 and fork["epoch"] == 1
+    log = [json.loads(line) for line in (sweep.sweep_dir / "remedies.jsonl").read_text().splitlines()]
+    assert [(r["fork"] or {}).get("kind") for r in log] == ["last", None, "best"]
+    # restart: the remedy is a fresh trial and the diagnosed one goes on
+    restart = _unit_sweep(tmp_path / "r", doctor={"remedy": "restart"})
+    searcher, _ = build_searcher(restart, storage_url=None)
+    searcher.suggest("t1")
+    _checkpoints(SweepFiles(restart.sweep_dir).trial("t1"), step=48, epoch=3)
+    assert not ForkStopper(searcher)("t1", {"best_fid": 5.0, "diagnosis": ("loss_oscillating",)})
+    assert "_fork" not in searcher.suggest("t2") and len(searcher.remedies) == 1
 
 
 def test_summary_tells_how_each_trial_ended(tmp_path):

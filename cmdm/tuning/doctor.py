@@ -9,7 +9,9 @@ How a sweep uses it:
   * the trial diagnoses itself: its report callback (cmdm/tuning/trial.py) calls `diagnose(history)` after
     every report (history = one dict per epoch, as the training loop reports them) and adds the names of the
     rules that fired to the report (`diagnosis`, a list); a trial that crashed is diagnosed from its error text;
-  * the searcher turns each rule named into a new trial with `apply_remedy(params, rule, space)`;
+  * the searcher turns each rule named into a new trial with `apply_remedy(params, rule, space)`; with the sweep's
+    `doctor: {remedy: continue}` (the default) that trial continues the diagnosed trial's line from the checkpoint
+    the rule's `continue_from` names (its best for overfitting, its last for the others) instead of starting over;
   * `prior_points(base, space)` are the first trials: the stable values and one variant per remedy.
 
 Rules are data and the thresholds are module constants: to change what counts as "oscillating", change a
@@ -30,12 +32,17 @@ from cmdm.tuning.space import Param
 
 @dataclass(frozen=True)
 class Rule:
-    """One row of the guide: symptom -> cause -> remedy ((dotted_key, factor) pairs that multiply the value)."""
+    """One row of the guide: symptom -> cause -> remedy ((dotted_key, factor) pairs that multiply the value).
+
+    `continue_from`: which of the diagnosed trial's checkpoints its remedy trial continues from when the sweep
+    continues lines ("best": model_best.pt, the weights before the overfitting; "last": last.pt, the full state
+    at the diagnosis); None: the remedy starts over (the batch size changes what a step is, a crash left nothing)."""
     name: str
     symptom: str
     cause: str
     remedy: tuple[tuple[str, float], ...]
     detector: Callable[[list[dict], str | None], str | None] | None
+    continue_from: str | None = None
 
 
 # ---------------------------------------------------------------- thresholds (why each number)
@@ -210,13 +217,13 @@ GRAD_CLIP, BATCH = "training.grad_clip", "task.train.batch_size"
 RULES: tuple[Rule, ...] = (
     Rule("out_of_memory", "out of (GPU) memory", "batch too large", ((BATCH, 0.5),), detect_out_of_memory),
     Rule("loss_oscillating", "training crashes / loss oscillates", "lr too high", ((LR, 2 / 3),),
-         detect_loss_oscillating),
+         detect_loss_oscillating, "last"),
     Rule("loss_not_decreasing", "loss does not decrease / converges slowly", "lr too low", ((LR, 5 / 3),),
-         detect_loss_not_decreasing),
+         detect_loss_not_decreasing, "last"),
     Rule("fid_rising", "FID rises after its best (overfitting)", "too little regularisation",
-         ((DROPOUT, 4 / 3), (WEIGHT_DECAY, 10.0)), detect_fid_rising),
+         ((DROPOUT, 4 / 3), (WEIGHT_DECAY, 10.0)), detect_fid_rising, "best"),
     Rule("gradient_explosion", "gradient explosion / non-finite loss", "gradients too large",
-         ((GRAD_CLIP, 0.5), (LR, 2 / 3)), detect_gradient_explosion),
+         ((GRAD_CLIP, 0.5), (LR, 2 / 3)), detect_gradient_explosion, "last"),
     Rule("training_slow", "training slow", "batch too small", ((BATCH, 2.0),), None),   # a judgement, not a signal
 )
 

@@ -246,7 +246,10 @@ def _diagnoses_section(sweep: Sweep, summary: dict) -> str:
         try:
             rec = json.loads(line)
             moved = ", ".join(f"{k}={format_value(v)}" for k, v in rec["point"].items() if rec["from"].get(k) != v)
-            remedies.append(f"<li><b>{_e(rec['trial_id'])}</b> {_e(rec['rule'])}: queued {_e(moved)}</li>")
+            fork = rec.get("fork")
+            how = (f", continuing its line from its {'model_best.pt' if fork['kind'] == 'best' else 'last.pt'} at "
+                   f"step {fork['step']} (epoch {fork['epoch']})" if isinstance(fork, dict) else "")
+            remedies.append(f"<li><b>{_e(rec['trial_id'])}</b> {_e(rec['rule'])}: queued {_e(moved)}{_e(how)}</li>")
         except (ValueError, KeyError, TypeError, AttributeError):
             continue
     out = ['<section id="diagnoses"><h2>The doctor\'s diagnoses</h2>']

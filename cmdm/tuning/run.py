@@ -6,6 +6,7 @@
                                     ├─ RuleGuidedSearch (search.py): OptunaSearch (seeded multivariate TPE,
                                     │  study in SQLite) whose first points are the guide's stable config and its
                                     │  rule variants, and which queues a remedy trial when a trial is diagnosed
+                                    │  (continuing the trial's line from its checkpoint: ForkStopper stops it)
                                     ├─ ASHAScheduler on the trial's best metric so far
                                     └─ TargetStopper: ends the sweep when an evaluation meets every target
 
@@ -26,6 +27,7 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
+from ray.tune.stopper import CombinedStopper
 
 from cmdm.atomic import atomic_write_text
 from cmdm.config import absolute_paths
@@ -36,7 +38,7 @@ from cmdm.ray_cluster import check_ray_token_settings, start_ray
 from cmdm.resources import check_fits, cluster_offer, local_offer
 from cmdm.run_files import SweepFiles
 from cmdm.tuning.report import LiveReport, make_report
-from cmdm.tuning.search import build_searcher, random_space
+from cmdm.tuning.search import ForkStopper, build_searcher, random_space
 from cmdm.tuning.space import format_value
 from cmdm.tuning.summary import format_summary, runtime_history, summarise, write_summary
 from cmdm.tuning.sweep_file import Sweep
@@ -231,6 +233,8 @@ def make_tuner(sweep: Sweep, *, strategy: str, resume: bool, driver_resources: d
     if priors:
         log("Warm start (the guide's rules as first trials): " + "; ".join(
             f"{name}: " + ", ".join(f"{k.split('.')[-1]}={format_value(v)}" for k, v in p.items()) for name, p in priors))
+    if searcher.remedy == "continue" and searcher.max_remedies:   # a forked trial's line goes on in its child
+        run_config.stop = CombinedStopper(stopper, ForkStopper(searcher))
     sched = sweep.scheduler
     scheduler = ResumableASHA(sweep_dir=sweep.sweep_dir, base_metric=sweep.metric,
                                time_attr=sched.time_attr, metric=f"best_{sweep.metric}", mode=sweep.mode,

@@ -6,11 +6,20 @@ to the study as completed trials), whose first points are the guide's stable con
 (`prior_points`, less those a warm-start sweep already ran), and which queues a remedy point when a trial
 reports a diagnosis. `random_space(sweep)` is the space of the random-search
 baseline (bench/bench_sweep.py).
+
+With `doctor: {remedy: continue}` (the default) a remedy trial continues the diagnosed trial's line, as PBT's
+exploit/explore does, on Tune's own mechanisms: the searcher snapshots the parent's checkpoint (the rule's
+`continue_from`: model_best.pt or last.pt) into <sweep>/forks/, the suggestion of the remedy point carries it in
+the trial config's `_fork` entry (not an Optuna parameter; trial.py hands it to the training loop, which continues
+from it with the child's own hyperparameters), and `ForkStopper` stops the parent, whose line goes on in the child.
+A rule without a checkpoint to continue from (out of memory, a crash, a parent at its last epoch) restarts.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import warnings
 from dataclasses import dataclass
 
@@ -18,30 +27,49 @@ import optuna
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
+from cmdm.checkpoint_file import CheckpointError, read_checkpoint
 from cmdm.run_files import SweepFiles
-from cmdm.tuning.doctor import RULES, apply_remedy, prior_points
+from cmdm.tuning.doctor import RULES, Rule, apply_remedy, prior_points
 from cmdm.tuning.space import format_value
-from cmdm.tuning.sweep_file import Sweep
+from cmdm.tuning.sweep_file import FORK_KEY, Sweep
 
 
 class RuleGuidedSearch(OptunaSearch):
     """OptunaSearch that (1) waits for an evaluation before telling Optuna anything, and (2) turns a
     trial's diagnosis into a remedy point queued in the study, so TPE's next suggestion is the fix."""
 
-    def __init__(self, *args, sweep_space=None, max_remedies=0, log_path=None, **kwargs):
+    def __init__(self, *args, sweep_space=None, max_remedies=0, log_path=None, remedy="restart", sweep_dir=None,
+                 max_epochs=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.sweep_space = sweep_space or {}
         self.max_remedies = max_remedies
-        self.remedies: list[dict] = []      # {trial_id, rule, from, point}
+        self.remedies: list[dict] = []      # {trial_id, rule, from, point, fork}
         self.queued: list[dict] = []        # every point queued so far (priors included)
         self.log_path = log_path
+        self.remedy = remedy                # continue | restart (sweep_file.REMEDIES; off: max_remedies is 0)
+        self.sweep_dir = sweep_dir
+        self.max_epochs = max_epochs          # the trials' training.max_epochs (unless the space searches it)
+        self.pending_forks: list[dict] = []   # forks whose remedy point Optuna has not suggested yet
+        self.forked: dict[str, str] = {}      # parent trial id -> rule: its line goes on in a remedy trial
         self._trial_params: dict[str, dict] = {}
 
     def suggest(self, trial_id):
         params = super().suggest(trial_id)
         if params is not None:
             self._trial_params[trial_id] = dict(params)
+            fork = next((f for f in self.pending_forks if _same_point(f["point"], params)), None)
+            if fork is not None:           # the remedy point of a fork: this trial continues the parent's line
+                self.pending_forks.remove(fork)
+                params = {**params, FORK_KEY: {k: v for k, v in fork.items() if k != "point"}}
+                print(f"[doctor] trial {trial_id} continues trial {fork['parent']} from step {fork['step']} "
+                      f"({fork['rule']})", flush=True)
         return params
+
+    def stops(self, trial_id, result) -> bool:
+        """Whether this result makes the trial a parent whose line goes on in a remedy trial (ForkStopper then
+        stops it). Tune asks its stopper before it tells the searcher, so the diagnosis is considered here."""
+        self._consider_remedy(trial_id, result)
+        return trial_id in self.forked
 
     def on_trial_result(self, trial_id, result):
         if isinstance(result.get(self.metric), (int, float)):
@@ -81,13 +109,73 @@ class RuleGuidedSearch(OptunaSearch):
             if point is None or not self.queue(point):
                 continue
             record = {"trial_id": trial_id, "rule": name, "from": params, "point": point}
+            moved = ", ".join(f"{k}={format_value(v)}" for k, v in point.items() if point[k] != params.get(k))
+            msg = f"[doctor] trial {trial_id}: {name} ({rules[name].cause}) -> queued {moved}"
+            if self.remedy == "continue":
+                fork, why = fork_checkpoint(self.sweep_dir, trial_id, rules[name],
+                                            point.get("training.max_epochs", self.max_epochs))
+                record["fork"] = fork
+                if fork is not None:
+                    changes = {k: [params.get(k), v] for k, v in point.items() if v != params.get(k)}
+                    self.pending_forks.append({**fork, "changes": changes, "point": point})
+                    self.forked[trial_id] = name
+                    msg += (f", continuing its line from its {fork['kind']} checkpoint (step {fork['step']}, epoch "
+                            f"{fork['epoch']}); trial {trial_id} is stopped")
+                else:
+                    msg += f", as a new trial ({why})"
             self.remedies.append(record)
-            msg = (f"[doctor] trial {trial_id}: {name} ({rules[name].cause}) -> queued "
-                   + ", ".join(f"{k}={format_value(v)}" for k, v in point.items() if point[k] != params.get(k)))
             print(msg, flush=True)
             if self.log_path:
                 with open(self.log_path, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(record) + "\n")
+
+
+class ForkStopper(tune.Stopper):
+    """Stops a trial once the searcher has continued its line in a remedy trial: as in PBT's exploit, the line
+    goes on in the child (with the remedy), not in both. ASHA and the other stoppers are unchanged."""
+
+    def __init__(self, searcher: RuleGuidedSearch):
+        self.searcher = searcher
+
+    def __call__(self, trial_id, result):
+        return self.searcher.stops(trial_id, result)
+
+    def stop_all(self):
+        return False
+
+
+def fork_checkpoint(sweep_dir, parent: str, rule: Rule, max_epochs: int | None) -> tuple[dict | None, str]:
+    """The checkpoint a remedy trial continues `parent`'s line from, snapshotted now into <sweep>/forks/ (a hard
+    link where it can: the parent goes on writing its own files until it is stopped), with where it stands:
+    {parent, rule, kind, checkpoint, step, epoch}. None and why when there is nothing to continue from: the rule
+    starts over, the parent has no checkpoint (yet), or its checkpoint is at the child's last epoch (max_epochs)."""
+    if rule.continue_from is None or sweep_dir is None:
+        return None, f"{rule.name} starts over"
+    files, run = SweepFiles(sweep_dir), SweepFiles(sweep_dir).trial(parent)
+    kind = "best" if rule.continue_from == "best" and run.best.is_file() else "last"   # no best yet: its last
+    source = run.best if kind == "best" else run.last
+    target = files.forks / f"{parent}-{rule.name}.pt"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+        checkpoint = read_checkpoint(target)
+        where = checkpoint["metrics"] if kind == "best" else checkpoint    # model_best.pt: its record says
+        step, epoch = int(where["step"]), int(where["epoch"])
+    except FileNotFoundError:
+        return None, f"trial {parent} has no {source.name} yet"
+    except (CheckpointError, KeyError, TypeError, ValueError) as exc:
+        target.unlink(missing_ok=True)
+        return None, f"its {source.name} cannot be read ({str(exc)[:100]})"
+    if max_epochs is not None and epoch >= max_epochs:
+        target.unlink()
+        return None, f"its {source.name} is at epoch {epoch} of {max_epochs}: no epoch left to continue"
+    return {"parent": parent, "rule": rule.name, "kind": kind, "checkpoint": str(target), "step": step,
+            "epoch": epoch}, ""
 
 
 def _same_point(a: dict, b: dict) -> bool:
@@ -209,7 +297,8 @@ def build_searcher(sweep: Sweep, storage_url: str | None, log=print):
                                 storage=optuna.storages.RDBStorage(storage_url) if storage_url else None,
                                 study_name=sweep.name if storage_url else None,
                                 sweep_space=sweep.space, max_remedies=sweep.max_remedies if sweep.doctor else 0,
-                                log_path=str(SweepFiles(sweep.sweep_dir).remedies))
+                                log_path=str(SweepFiles(sweep.sweep_dir).remedies), remedy=sweep.remedy,
+                                sweep_dir=str(sweep.sweep_dir), max_epochs=sweep.base_config.training.max_epochs)
     for trial in earlier:
         searcher.observe(trial)
     for _, point in priors:

@@ -62,3 +62,8 @@ def check_points(p: Param) -> list:
 def format_value(v) -> str:
     """A searched value as people read it in logs and tables: floats to 3 significant digits."""
     return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def format_changes(changes: dict) -> str:
+    """{'training.lr': [old, new]} -> 'lr 0.001 -> 0.000667': what a remedy moved, in lineage lines."""
+    return ", ".join(f"{k.split('.')[-1]} {format_value(a)} -> {format_value(b)}" for k, (a, b) in changes.items())

@@ -16,8 +16,8 @@ from cmdm.atomic import atomic_write_text
 from cmdm.evaluation.metrics import LOWER_IS_BETTER
 from cmdm.run_files import RunFiles, SweepFiles, read_best
 from cmdm.tuning.doctor import RULES, best_evaluation, explain, new_evaluations
-from cmdm.tuning.space import format_value
-from cmdm.tuning.sweep_file import Sweep
+from cmdm.tuning.space import format_changes, format_value
+from cmdm.tuning.sweep_file import FORK_KEY, Sweep
 
 ENDED = ("stop_reason", "epoch", "evaluations")   # what a trial's last report (or status.json) says of its end
 
@@ -92,6 +92,18 @@ def _diagnoses(history: list[dict]) -> list[str]:
                               for name in h["diagnosis"]))
 
 
+def lineage(config: dict | None) -> dict:
+    """A remedy trial that continued another's line (its config's `_fork`, search.py): parent, forked_at_step and
+    remedy (the rule, what it moved, and which checkpoint); {} for any other trial."""
+    fork = (config or {}).get(FORK_KEY)
+    if not isinstance(fork, dict) or "parent" not in fork:
+        return {}
+    moved = format_changes(fork.get("changes") or {})
+    source = "model_best.pt" if fork.get("kind") == "best" else "last.pt"
+    return {"parent": fork["parent"], "forked_at_step": fork.get("step"),
+            "remedy": f"{fork.get('rule')}: {moved or '-'} (from its {source}, epoch {fork.get('epoch')})"}
+
+
 def _lost_nodes(files) -> list[str]:
     try:
         return [line.strip() for line in files.node_lost.read_text().splitlines() if line.strip()]
@@ -148,7 +160,12 @@ def summarise(sweep: Sweep, grid, wall_seconds: float, *, clock=None, targets_me
             "run_dir": str(files.root),
             "evaluator": (own_best or {}).get("evaluator"),
             "lost_nodes": _lost_nodes(files),    # Ray nodes lost while it trained: each time Tune ran it again     # fingerprint of the evaluator that scored its best
+            **lineage(result.config),
         })
+    children = {r["parent"]: r["trial_id"] for r in rows if r.get("parent")}
+    for r in rows:                 # a parent stopped because its line went on in a remedy trial
+        if r["trial_id"] in children and r["end"].startswith("stopped"):
+            r["end"] = f"stopped: continued in {children[r['trial_id']]}"
     sign = 1 if LOWER_IS_BETTER[sweep.metric] else -1
     rows.sort(key=lambda r: (r["best"] is None or r["best"].get(sweep.metric) is None,
                              sign * (r["best"] or {}).get(sweep.metric, 0) if r["best"] else 0))
@@ -177,6 +194,11 @@ def format_summary(summary: dict) -> str:
     if sick:
         lines += ["", "Diagnoses (the remedy became a queued trial where the space and max_remedies allowed):"]
         lines += [f"- {trial_id}: {explain(rules[name])}" for trial_id, name in sick]
+    forks = [r for r in summary["trials"] if r.get("parent")]
+    if forks:
+        lines += ["", "Lineage (remedy trials that continued a diagnosed trial's line):"]
+        lines += [f"- {r['trial_id']} continued {r['parent']} at step {r['forked_at_step']}: {r['remedy']}"
+                  for r in forks]
     best = summary["best_trial"]
     if len(summary.get("evaluators") or []) > 1:
         groups = {fp: [r["trial_id"] for r in summary["trials"] if r.get("evaluator") == fp]

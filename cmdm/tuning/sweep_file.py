@@ -17,8 +17,10 @@
     targets: {fid: "<= 0.25", top1: ">= 0.43"}
     stop_on_targets: true
     priors: true                       # the guide's rule variants are the first trials
-    doctor: true                       # diagnosed trials get a remedy trial (or a list of the rules to use,
-                                       # e.g. a fine-tune leaves out loss_not_decreasing)
+    doctor: {remedy: continue}         # a diagnosed trial's remedy trial continues its line from its checkpoint
+                                       # (restart: the remedy starts over; off: diagnose only); `rules: [...]`
+                                       # limits the rules (e.g. a fine-tune leaves out loss_not_decreasing);
+                                       # `doctor: true` = continue, `false` = off, `[rules]` = continue with those
     max_remedies: 4
     seed: 0
     warm_start: [outputs/CMDM-Demo-Sweep]   # earlier sweeps: their finished trials are TPE's first observations
@@ -119,8 +121,9 @@ class Sweep:
     targets: tuple[Target, ...] = ()
     stop_on_targets: bool = True
     priors: bool = True
-    doctor: bool = True
+    doctor: bool = True                          # remedies on (remedy is continue or restart)
     doctor_rules: tuple[str, ...] | None = None   # the rules the doctor applies; None = all of them
+    remedy: str = "continue"                      # continue | restart | off (REMEDIES)
     max_remedies: int = 4
     seed: int = 0
     output_root: str = "outputs"
@@ -154,7 +157,13 @@ class Sweep:
         return bool(self.targets) and all(t.met(metrics) for t in self.targets)
 
 
-TOP_KEYS = ({f.name for f in dataclasses.fields(Sweep)} - {"path", "base_config", "doctor_rules"}) | {"overrides"}
+TOP_KEYS = ({f.name for f in dataclasses.fields(Sweep)} - {"path", "base_config", "doctor_rules", "remedy"}) | {"overrides"}
+
+# What the searcher does with a diagnosis: continue the trial's line from its checkpoint with the remedy applied
+# (PBT's exploit/explore, driven by the guide's rules), queue the remedy as a fresh trial, or nothing.
+REMEDIES = ("continue", "restart", "off")
+DOCTOR_KEYS = ("remedy", "rules")
+FORK_KEY = "_fork"     # the trial config entry of a remedy trial that continues another's line (search.py, trial.py)
 
 
 def _err(path, key, what, fix) -> SweepError:
@@ -171,6 +180,47 @@ def _unknown(path, key, name, known, what="is not a known key") -> SweepError:
 def _problem(exc: ConfigError) -> str:
     """A trial config's error without its own `Fix:` sentence (the sweep gives the fix for the space)."""
     return str(exc).split(" Fix: ")[0].rstrip(".")
+
+
+def _doctor_mapping(value):
+    """Every form of `doctor:` as the mapping form (the others unchanged, for _doctor to refuse)."""
+    if value is True:
+        return {}
+    if value is False:
+        return {"remedy": "off"}
+    if isinstance(value, list):
+        return {"rules": value}
+    return value
+
+
+def _doctor(path, value) -> tuple[str, tuple[str, ...] | None]:
+    """`doctor:` -> (remedy, rules). true: continue with every rule; false: off; [rules]: continue with those;
+    {remedy: continue | restart | off, rules: [...]}."""
+    form = ("Use true, false, a list of rule names, or `doctor: {remedy: continue, rules: [fid_rising]}` "
+            f"(remedy: {' | '.join(REMEDIES)})")
+    value = _doctor_mapping(value)
+    if not isinstance(value, dict):
+        raise _err(path, "doctor", f"must be true or false, a list of rule names or a mapping (got {_brief(value)})",
+                   form + ".")
+    for key in value:
+        if key not in DOCTOR_KEYS:
+            raise _unknown(path, f"doctor.{_cut(str(key))}", key, DOCTOR_KEYS, "is not a doctor key")
+    remedy = value.get("remedy", "continue")
+    if remedy is False:       # YAML reads a bare `off` as false
+        remedy = "off"
+    if remedy not in REMEDIES:
+        raise _err(path, "doctor.remedy", f"is {_brief(remedy)}", f"Use one of {', '.join(REMEDIES)}: continue "
+                   "the diagnosed trial's line from its checkpoint with the remedy, restart the remedy as a new "
+                   "trial, or diagnose only.")
+    rules = value.get("rules")
+    if rules is not None:
+        known = [rule.name for rule in RULES]
+        unknown = [n for n in rules if n not in known] if isinstance(rules, list) else [rules]
+        if unknown or not rules:
+            raise _err(path, "doctor", f"names no rule or unknown rules {_brief(unknown)}",
+                       f"{form}; rule names: {', '.join(known)}.")
+        rules = tuple(rules)
+    return remedy, rules
 
 
 def _check_space(sweep: Sweep) -> None:
@@ -383,6 +433,9 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
         section, _, sub = key.partition(".")
         if section == "base" and sub:
             base_overrides[sub] = value
+        elif section == "doctor" and sub:         # doctor.remedy=restart on top of any form of `doctor:`
+            doctor = _doctor_mapping(raw.get("doctor", True))
+            raw["doctor"] = {**doctor, sub: value} if isinstance(doctor, dict) else doctor
         elif section in ("resources", "scheduler", "targets", "space") and sub:
             if not isinstance(raw.get(section) or {}, dict):
                 raise _err(path, section, f"must be a mapping (got {_brief(raw[section])})", f"Write `{section}: {{...}}`.")
@@ -462,15 +515,10 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
                 raise _err(path, key, f"must be a whole number >= {0 if key in ('seed', 'max_remedies') else 1} "
                            f"(got {_brief(v)})", "Fix the value.")
             setattr(sweep, key, v)
-    if isinstance(raw.get("doctor"), list):          # doctor: [rule, ...] -> on, with those rules only
-        known = [rule.name for rule in RULES]
-        unknown = [n for n in raw["doctor"] if n not in known]
-        if unknown or not raw["doctor"]:
-            raise _err(path, "doctor", f"names no rule or unknown rules {_brief(unknown)}", f"Use true, false or a "
-                       f"list of rule names from: {', '.join(known)}.")
-        sweep.doctor, sweep.doctor_rules = True, tuple(raw["doctor"])
-        raw = {k: v for k, v in raw.items() if k != "doctor"}
-    for key in ("stop_on_targets", "priors", "doctor"):
+    if "doctor" in raw:
+        sweep.remedy, sweep.doctor_rules = _doctor(path, raw["doctor"])
+        sweep.doctor = sweep.remedy != "off"
+    for key in ("stop_on_targets", "priors"):
         if key in raw:
             if not isinstance(raw[key], bool):
                 raise _err(path, key, f"must be true or false (got {_brief(raw[key])})", "Fix the value.")

@@ -15,7 +15,8 @@ from cmdm.ray_cluster import alive_node_ids, describe_nodes, lost_nodes
 from cmdm.run_files import SweepFiles
 from cmdm.train import make_trainer, record_lost_node, worker_error_line
 from cmdm.tuning.doctor import best_evaluation, diagnose, new_evaluations
-from cmdm.tuning.sweep_file import Sweep
+from cmdm.tuning.space import format_changes
+from cmdm.tuning.sweep_file import FORK_KEY, Sweep
 
 TRIAL_RESOURCE = "trial_driver"   # custom resource: a trial's driver holds no CPU, its Train workers do
 
@@ -57,15 +58,30 @@ class TrialReportCallback(TuneReportCallback):
         super().after_report(run_context, [m] + list(metrics[1:]), checkpoint)
 
 
+def lineage_line(fork: dict) -> str:
+    """The first line of a remedy trial's runtime.log: whose line it continues, from where, with which remedy."""
+    what = "its best, model_best.pt" if fork["kind"] == "best" else "its last checkpoint, last.pt"
+    changes = format_changes(fork.get("changes") or {})
+    return (f"Forked from trial {fork['parent']} at step {fork['step']} (epoch {fork['epoch']}, {what}) with "
+            f"remedy {fork['rule']}: {changes or 'no searched value moved'}")
+
+
 def trial_driver(params: dict, sweep: Sweep) -> None:
-    """One trial: the sweep's base config + `params`, trained by a TorchTrainer in trials/<trial_id>/."""
+    """One trial: the sweep's base config + `params`, trained by a TorchTrainer in trials/<trial_id>/. A remedy
+    trial that continues another's line (`_fork` in params, search.py) starts from that trial's checkpoint."""
     trial_id = ray.tune.get_context().get_trial_id()
     sweep_files = SweepFiles(sweep.sweep_dir)
     files = sweep_files.trial(trial_id)           # = the trial config's run_dir: <trials>/<trial_id>
+    fork = params.get(FORK_KEY)
+    params = {k: v for k, v in params.items() if k != FORK_KEY}
     cfg = absolute_paths(sweep.trial_config(params, name=trial_id, output_root=str(sweep_files.trials)))
     save_config(cfg, files.config)
+    if fork and not files.last.is_file():       # not on a retry, which resumes the child's own last.pt
+        files.logs.mkdir(parents=True, exist_ok=True)
+        with open(files.log_file, "a", encoding="utf-8") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {lineage_line(fork)}\n")
     callback = TrialReportCallback(sweep.metric, sweep.targets, sweep.doctor_rules)
-    trainer = make_trainer(cfg, files, callbacks=[callback])
+    trainer = make_trainer(cfg, files, callbacks=[callback], fork=fork)
     nodes = alive_node_ids()
     try:
         trainer.fit()
