@@ -310,6 +310,11 @@ def test_interrupted_sweep_resumes(tiny, tmp_path):
         assert row["epochs"] == status["epoch"] and row["evaluations"] == status["evaluations"]
     fids = [t["best"]["fid"] for t in summary["trials"]]
     assert fids == sorted(fids)
+    # the searcher Tune restored tells the same SQLite study: each trial once, with the best it reached
+    import optuna
+    study = optuna.load_study(study_name="resume-sweep", storage=f"sqlite:///{d / 'optuna.db'}")
+    told = sorted(t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
+    assert told == pytest.approx(sorted(fids), rel=1e-6)
     segments = json.loads((d / "clock.json").read_text())["segments"]
     assert len(segments) == 2 and summary["wall_seconds"] > segments[0]["last"] - segments[0]["start"] > 0
     assert segments[0]["last"] - segments[0]["start"] <= first_run_seconds
