@@ -72,6 +72,8 @@ from cmdm.run_files import CHECKPOINT_VERSION, RunFiles, reconcile_best, save_be
 from cmdm.skeleton import recover_from_ric
 from cmdm.viz import render_motion_frames
 
+IMPORTED_AT = time.time()   # when this module's imports were done in this process (logs/startup.json)
+
 
 # ----------------------------------------------------------------------------
 # Learning-rate schedule, EMA, best tracking
@@ -359,13 +361,31 @@ def failure_injection(rank: int, first_attempt: bool) -> Callable[[int], None]:
     return fail_at
 
 
-def _since_process_start(t: float) -> str:
-    """'; the loop began N s after its process started' (Ray's worker start-up and this module's imports)."""
+def process_started_at() -> float | None:
+    """When this process was created (Unix time): psutil's create time, else Linux's /proc; None elsewhere."""
     try:
-        import psutil   # optional: without it the line says nothing about the start-up
-        return f"; the loop began {t - psutil.Process().create_time():.1f} s after its process started"
-    except Exception:
-        return ""
+        import psutil
+        return psutil.Process().create_time()
+    except ImportError:
+        pass
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])   # field 22: starttime
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def record_startup(files: RunFiles, t_enter: float, t_built: float) -> str:
+    """logs/startup.json (rank 0): when this worker's process was created, when cmdm.train had been imported in
+    it, when the loop began and when build() ended (what bench/bench_trial_startup.py splits a trial's start into);
+    returns the log's '; the loop began N s after its process started' (or '' where that is unknown)."""
+    created = process_started_at()
+    record = {"pid": os.getpid(), "process_created": created, "imported": IMPORTED_AT, "loop_entered": t_enter,
+              "built": t_built}
+    atomic_write_text(files.startup, json.dumps(record, indent=1) + "\n")
+    return f"; the loop began {t_enter - created:.1f} s after its process started" if created else ""
 
 
 def build(cfg: Config, files: RunFiles) -> tuple[Worker, TrainState]:
@@ -420,8 +440,10 @@ def build(cfg: Config, files: RunFiles) -> tuple[Worker, TrainState]:
     n_params = sum(p.numel() for p in params)
     log.info(f"Run {cfg.name}: {world} worker(s) on {device.type} ({worker.precision}), {len(train_set)} train clips, "
              f"{steps_per_epoch} steps/epoch, {total_steps} steps, {n_params / 1e6:.2f}M trainable parameters")
-    log.info(f"Set-up in this worker: {time.time() - t_enter:.1f} s (data {t_model - t_enter:.1f} s, "
-             f"model and the rest {time.time() - t_model:.1f} s)" + _since_process_start(t_enter))
+    t_built = time.time()
+    since = record_startup(files, t_enter, t_built) if rank == 0 else ""
+    log.info(f"Set-up in this worker: {t_built - t_enter:.1f} s (data {t_model - t_enter:.1f} s, "
+             f"model and the rest {t_built - t_model:.1f} s)" + since)
     return worker, state
 
 
