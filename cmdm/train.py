@@ -49,7 +49,6 @@ import torch
 import torch.distributed as dist
 from ray.train.torch import TorchTrainer
 from torch.utils.data import DataLoader, DistributedSampler
-from torch.utils.tensorboard import SummaryWriter
 
 from cmdm.atomic import atomic_torch_save, atomic_write_text
 from cmdm.checkpoint_file import CheckpointError, read_checkpoint
@@ -63,14 +62,8 @@ from cmdm.model import build_model, load_model_weights
 from cmdm.model.checkpoint import check_weights, dit_settings_mismatch, extract_state_dict
 from cmdm.model.text import load_text_cache
 from cmdm.precision import autocast, resolve_precision
-from cmdm.preflight import check_cluster
-from cmdm.prepare import check_data_root, prepare
-from cmdm.ray_cluster import (alive_node_ids, check_ray_token_settings, describe_nodes, lost_nodes, ray_is_up,
-                               start_ray)
-from cmdm.resources import check_fits, cluster_offer, local_offer
+from cmdm.ray_cluster import alive_node_ids, check_ray_token_settings, describe_nodes, lost_nodes, ray_is_up, start_ray
 from cmdm.run_files import CHECKPOINT_VERSION, RunFiles, reconcile_best, save_best
-from cmdm.skeleton import recover_from_ric
-from cmdm.viz import render_motion_frames
 
 IMPORTED_AT = time.time()   # when this module's imports were done in this process (logs/startup.json)
 
@@ -327,7 +320,7 @@ class Worker:
     world: int
     device: torch.device
     log: logging.Logger                     # runtime.log + stdout on rank 0, silent elsewhere
-    writer: SummaryWriter | None            # TensorBoard, rank 0 only
+    writer: object | None                   # TensorBoard's SummaryWriter, rank 0 only
     train_set: object
     test_set: object
     sampler: DistributedSampler
@@ -388,6 +381,13 @@ def record_startup(files: RunFiles, t_enter: float, t_built: float) -> str:
     return f"; the loop began {t_enter - created:.1f} s after its process started" if created else ""
 
 
+def tensorboard_writer(files: RunFiles):
+    """Rank 0's TensorBoard writer; imported here, not with this module, so that the processes which only
+    need the loop's name (a sweep trial's driver, Ray Train's controller) and ranks > 0 skip TensorBoard."""
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(str(files.logs))
+
+
 def build(cfg: Config, files: RunFiles) -> tuple[Worker, TrainState]:
     """Data, model, diffusion, optimiser, lr schedule, EMA and logs of this worker, seeded per rank."""
     t_enter = time.time()
@@ -432,7 +432,7 @@ def build(cfg: Config, files: RunFiles) -> tuple[Worker, TrainState]:
                        config_to_dict(cfg), device)
 
     ray_checkpoint = ray.train.get_checkpoint()
-    worker = Worker(cfg, files, rank, world, device, log, SummaryWriter(str(files.logs)) if rank == 0 else None,
+    worker = Worker(cfg, files, rank, world, device, log, tensorboard_writer(files) if rank == 0 else None,
                     train_set, test_set, sampler, loader, diffusion, step_module, params,
                     eval_idx=eval_indices(test_set, tr.eval_num_samples, seed=cfg.seed), ray_checkpoint=ray_checkpoint,
                     inject_failure=failure_injection(rank, first_attempt=ray_checkpoint is None),
@@ -711,6 +711,8 @@ def _log_sample(writer, sample, step) -> None:
     """One generated motion as a strip of stick-figure frames (and its real counterpart) in TensorBoard."""
     if sample is None:
         return
+    from cmdm.skeleton import recover_from_ric     # matplotlib and scipy: imported at the first evaluation only
+    from cmdm.viz import render_motion_frames
     for tag, feats in (("generated", sample["features"]), ("real", sample["real"])):
         joints = recover_from_ric(np.asarray(feats, np.float32))
         frames = render_motion_frames(joints, title=sample["text"][:60], every=max(1, len(joints) // 6), size=200)
@@ -810,6 +812,9 @@ def make_trainer(cfg: Config, files: RunFiles, *, init_from: str | None = None, 
 
 def run_training(cfg: Config, *, init_from: str | None = None, partial: bool = False) -> dict:
     """Run one training to its end; returns how it ended (`run_outcome` of its last report) and the run folder."""
+    from cmdm.preflight import check_cluster       # the driver's checks: no Train worker imports them
+    from cmdm.prepare import check_data_root, prepare
+    from cmdm.resources import check_fits, cluster_offer, local_offer
     cfg = absolute_paths(cfg)
     where = "the config (ray.* keys)"
     check_data_root(cfg)
