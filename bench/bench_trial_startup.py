@@ -13,11 +13,14 @@ and prints both tables: A/B on the same machine at the same time, which is what 
 The phases of one trial (medians over the trials; the last column is the sum, Tune's start to the first step):
     tune->driver     Tune starts the trial (TrialClock) -> trial_driver runs (its config.yaml written)
     driver->fit      make_trainer and the rest of trial_driver until TorchTrainer.fit asks for its controller
-    controller       the controller actor requested -> its process runs it (Ray's task events)
-    ctrl->workers    the controller running -> it asks for the worker group's actors
-    worker proc      a worker actor requested -> its process exists (psutil's create time, logs/startup.json)
-    worker init      the process exists -> cmdm.train imported in it
-    ->loop           cmdm.train imported -> train_loop_per_worker entered (process group, train fn shipped)
+    controller       the controller actor requested -> its process runs its __init__ (Ray's task events)
+    ctrl init        the controller's __init__ (unpickling its arguments: the callbacks' modules)
+    ctrl->workers    the controller made -> it asks for the worker group's actors (placement group, its cleaner)
+    worker proc      a worker actor requested -> its process exists (its create time, logs/startup.json)
+    worker actor     the process exists -> the worker actor made (Python, Ray, ray.train imported)
+    ->train fn       the worker actor made -> its run_train_fn begins (train context, torch process group)
+    ->imported       run_train_fn begins -> cmdm.train imported in it (unpickling the train function)
+    ->loop           cmdm.train imported -> train_loop_per_worker entered
     build            the loop's build(): data, model, optimiser, logs
     ->first step     build done -> the first optimiser step (TensorBoard's train/loss at step 1)
 Sweep lines: wall time / (sum of the trials' in-loop seconds / concurrency) (goal <= 1.10), and Tune's overhead
@@ -38,8 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "outputs"
 TINY = OUT / "bench_startup" / "tiny"
-PHASES = ["tune->driver", "driver->fit", "controller", "ctrl->workers", "worker proc", "worker init", "->loop",
-          "build", "->first step"]
+PHASES = ["tune->driver", "driver->fit", "controller", "ctrl init", "ctrl->workers", "worker proc", "worker actor",
+          "->train fn", "->imported", "->loop", "build", "->first step"]
 
 
 def tiny_sweep(out_root: Path) -> Path:
@@ -89,6 +92,19 @@ def creation_tasks() -> dict:
     return {t.task_id: t for t in tasks}
 
 
+def actor_task_starts(actor_id: str) -> dict:
+    """When each method of an actor first began running, by method name (Ray's task events)."""
+    import ray
+    from ray.util.state import list_tasks
+    starts = {}
+    for t in list_tasks(address=ray.get_runtime_context().gcs_address, filters=[("actor_id", "=", actor_id)],
+                        detail=True, limit=1000, raise_on_missing_output=False):
+        name = t.func_or_class_name.rsplit(".", 1)[-1]
+        if t.start_time_ms and (name not in starts or t.start_time_ms / 1000 < starts[name]):
+            starts[name] = t.start_time_ms / 1000
+    return starts
+
+
 def trial_phases(summary: dict, sweep_dir: Path, tasks: dict) -> list[dict]:
     from cmdm.run_files import SweepFiles
     files = SweepFiles(sweep_dir)
@@ -105,13 +121,17 @@ def trial_phases(summary: dict, sweep_dir: Path, tasks: dict) -> list[dict]:
         worker = by_pid.get(s["pid"])
         controller = tasks.get(worker.parent_task_id) if worker else None
         ms = lambda v: v / 1000 if v else None     # noqa: E731
+        methods = actor_task_starts(worker.actor_id) if worker else {}
         t = {"tune": clock[tid][0], "driver": run.config.stat().st_mtime,
              "fit": ms(controller.creation_time_ms) if controller else None,
              "controller": ms(controller.start_time_ms) if controller else None,
+             "ctrl_made": ms(controller.end_time_ms) if controller else None,
              "workers": ms(worker.creation_time_ms) if worker else None,
-             "process": s["process_created"], "imported": s["imported"], "loop": s["loop_entered"],
+             "process": s["process_created"], "worker_made": ms(worker.end_time_ms) if worker else None,
+             "train_fn": methods.get("run_train_fn"), "imported": s["imported"], "loop": s["loop_entered"],
              "built": s["built"], "step": first_step_time(run.logs)}
-        order = ["tune", "driver", "fit", "controller", "workers", "process", "imported", "loop", "built", "step"]
+        order = ["tune", "driver", "fit", "controller", "ctrl_made", "workers", "process", "worker_made", "train_fn",
+                 "imported", "loop", "built", "step"]
         row = {"trial_id": tid}
         for name, a, b in zip(PHASES, order, order[1:]):
             row[name] = t[b] - t[a] if t[a] is not None and t[b] is not None else None
@@ -139,14 +159,16 @@ def run_one(sweep_path: str, overrides: list, label: str) -> dict:
     t0 = time.time()
     summary = run_sweep(sweep, log=lambda *a: None)
     total = time.time() - t0
-    rows = trial_phases(summary, Path(sweep.sweep_dir), creation_tasks())
+    tasks = creation_tasks()
+    rows = trial_phases(summary, Path(sweep.sweep_dir), tasks)
     conc = sweep.max_concurrent_trials
     in_loop = sum(r["in_loop"] for r in rows) / conc
     lifetimes = sum(r["lifetime"] for r in rows) / conc
     ends = sorted(r["tune_end"] for r in rows)
     gaps = [r["tune_start"] - max(e for e in ends if e <= r["tune_start"]) for r in rows
             if any(e <= r["tune_start"] for e in ends)]
-    best = summary.get("best_trial") or {}
+    best = next((t for t in summary["trials"] if t["trial_id"] == summary.get("best_trial")), None)
+    best = {"trial_id": best["trial_id"], **best["best"]} if best else {}
     result = {"label": label, "code": str(Path(__import__("cmdm").__file__).parents[1]), "sweep": sweep_path,
               "overrides": overrides, "concurrency": conc, "trials": rows, "wall_s": summary["wall_seconds"],
               "run_sweep_s": total, "ray_start_s": summary.get("ray_start_seconds"),
@@ -154,7 +176,9 @@ def run_one(sweep_path: str, overrides: list, label: str) -> dict:
               "wall_over_in_loop": summary["wall_seconds"] / in_loop if in_loop else None,
               "tune_overhead": summary["wall_seconds"] / lifetimes - 1 if lifetimes else None,
               "gap_end_to_next_start_s": statistics.median(gaps) if gaps else None,
-              "best": {k: best.get(k) for k in ("trial_id", "fid", "top1", sweep.metric) if k in best}}
+              "actors": sorted([t.func_or_class_name, t.creation_time_ms, t.start_time_ms, t.end_time_ms, t.worker_pid]
+                               for t in tasks.values()),
+              "best": {k: best.get(k) for k in ("fid", "top1") if k in best}}
     shutil.rmtree(out_root, ignore_errors=True)
     return result
 
@@ -170,7 +194,7 @@ def table(results: list[dict]) -> str:
     lines = ["| run | " + " | ".join(cols) + " | wall/in-loop | Tune overhead | gap end->start | best |",
              "|---" * (len(cols) + 5) + "|"]
     for r in results:
-        cells = [fmt(median(t[c] for t in r["trials"])) for c in cols]
+        cells = [fmt(median(t.get(c) for t in r["trials"])) for c in cols]
         best = ", ".join(f"{k} {v:.3g}" for k, v in r["best"].items() if isinstance(v, float))
         lines.append(f"| {r['label']} | " + " | ".join(cells) + f" | {fmt(r['wall_over_in_loop'])} | "
                      f"{r['tune_overhead']:.1%} | {fmt(r['gap_end_to_next_start_s'])} | {best} |")
