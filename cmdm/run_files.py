@@ -5,6 +5,7 @@ all go through here.
     <run>/config.yaml                      the resolved config
     <run>/logs/runtime.log                 [TRAIN] / [EVAL] / Best model lines
     <run>/logs/events.out.tfevents.*       TensorBoard
+    <run>/logs/startup.json                when the worker's process started, imported cmdm.train, built its parts
     <run>/checkpoints/last.pt              the training state (cmdm.train.TrainState), for reruns
     <run>/checkpoints/model_best.pt        + best_metrics.json (with the .pt's sha256): a checked pair
     <run>/ray/                             Ray Train's run folder (its checkpoints, for retries)
@@ -43,6 +44,7 @@ class RunFiles:
         self.logs = self.root / "logs"
         self.checkpoints = self.root / "checkpoints"
         self.log_file = self.logs / "runtime.log"
+        self.startup = self.logs / "startup.json"     # when rank 0's process started, imported, built (train.py)
         self.last = self.checkpoints / "last.pt"
         self.best = self.checkpoints / "model_best.pt"
         self.best_json = self.checkpoints / "best_metrics.json"

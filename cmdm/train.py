@@ -49,7 +49,6 @@ import torch
 import torch.distributed as dist
 from ray.train.torch import TorchTrainer
 from torch.utils.data import DataLoader, DistributedSampler
-from torch.utils.tensorboard import SummaryWriter
 
 from cmdm.atomic import atomic_torch_save, atomic_write_text
 from cmdm.checkpoint_file import CheckpointError, read_checkpoint
@@ -63,14 +62,10 @@ from cmdm.model import build_model, load_model_weights
 from cmdm.model.checkpoint import check_weights, dit_settings_mismatch, extract_state_dict
 from cmdm.model.text import load_text_cache
 from cmdm.precision import autocast, resolve_precision
-from cmdm.preflight import check_cluster
-from cmdm.prepare import check_data_root, prepare
-from cmdm.ray_cluster import (alive_node_ids, check_ray_token_settings, describe_nodes, lost_nodes, ray_is_up,
-                               start_ray)
-from cmdm.resources import ResourceError, check_fits, cluster_offer, local_offer
+from cmdm.ray_cluster import alive_node_ids, check_ray_token_settings, describe_nodes, lost_nodes, ray_is_up, start_ray
 from cmdm.run_files import CHECKPOINT_VERSION, RunFiles, reconcile_best, save_best
-from cmdm.skeleton import recover_from_ric
-from cmdm.viz import render_motion_frames
+
+IMPORTED_AT = time.time()   # when this module's imports were done in this process (logs/startup.json)
 
 
 # ----------------------------------------------------------------------------
@@ -325,7 +320,7 @@ class Worker:
     world: int
     device: torch.device
     log: logging.Logger                     # runtime.log + stdout on rank 0, silent elsewhere
-    writer: SummaryWriter | None            # TensorBoard, rank 0 only
+    writer: object | None                   # TensorBoard's SummaryWriter, rank 0 only
     train_set: object
     test_set: object
     sampler: DistributedSampler
@@ -359,13 +354,38 @@ def failure_injection(rank: int, first_attempt: bool) -> Callable[[int], None]:
     return fail_at
 
 
-def _since_process_start(t: float) -> str:
-    """'; the loop began N s after its process started' (Ray's worker start-up and this module's imports)."""
+def process_started_at() -> float | None:
+    """When this process was created (Unix time): psutil's create time, else Linux's /proc; None elsewhere."""
     try:
-        import psutil   # optional: without it the line says nothing about the start-up
-        return f"; the loop began {t - psutil.Process().create_time():.1f} s after its process started"
-    except Exception:
-        return ""
+        import psutil
+        return psutil.Process().create_time()
+    except ImportError:
+        pass
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])   # field 22: starttime
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def record_startup(files: RunFiles, t_enter: float, t_built: float) -> str:
+    """logs/startup.json (rank 0): when this worker's process was created, when cmdm.train had been imported in
+    it, when the loop began and when build() ended (what bench/bench_trial_startup.py splits a trial's start into);
+    returns the log's '; the loop began N s after its process started' (or '' where that is unknown)."""
+    created = process_started_at()
+    record = {"pid": os.getpid(), "process_created": created, "imported": IMPORTED_AT, "loop_entered": t_enter,
+              "built": t_built}
+    atomic_write_text(files.startup, json.dumps(record, indent=1) + "\n")
+    return f"; the loop began {t_enter - created:.1f} s after its process started" if created else ""
+
+
+def tensorboard_writer(files: RunFiles):
+    """Rank 0's TensorBoard writer; imported here, not with this module, so that the processes which only
+    need the loop's name (a sweep trial's driver, Ray Train's controller) and ranks > 0 skip TensorBoard."""
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(str(files.logs))
 
 
 def build(cfg: Config, files: RunFiles) -> tuple[Worker, TrainState]:
@@ -412,7 +432,7 @@ def build(cfg: Config, files: RunFiles) -> tuple[Worker, TrainState]:
                        config_to_dict(cfg), device)
 
     ray_checkpoint = ray.train.get_checkpoint()
-    worker = Worker(cfg, files, rank, world, device, log, SummaryWriter(str(files.logs)) if rank == 0 else None,
+    worker = Worker(cfg, files, rank, world, device, log, tensorboard_writer(files) if rank == 0 else None,
                     train_set, test_set, sampler, loader, diffusion, step_module, params,
                     eval_idx=eval_indices(test_set, tr.eval_num_samples, seed=cfg.seed), ray_checkpoint=ray_checkpoint,
                     inject_failure=failure_injection(rank, first_attempt=ray_checkpoint is None),
@@ -421,8 +441,10 @@ def build(cfg: Config, files: RunFiles) -> tuple[Worker, TrainState]:
     log.info(f"Run {cfg.name}: {world} worker(s) on {device.type} ({worker.precision}), {len(train_set)} train clips, "
              f"{steps_per_epoch} steps/epoch, {total_steps} steps, {n_params / 1e6:.2f}M trainable parameters; "
              f"rank 0 on Ray node {ray.get_runtime_context().get_node_id()[:12]}")
-    log.info(f"Set-up in this worker: {time.time() - t_enter:.1f} s (data {t_model - t_enter:.1f} s, "
-             f"model and the rest {time.time() - t_model:.1f} s)" + _since_process_start(t_enter))
+    t_built = time.time()
+    since = record_startup(files, t_enter, t_built) if rank == 0 else ""
+    log.info(f"Set-up in this worker: {t_built - t_enter:.1f} s (data {t_model - t_enter:.1f} s, "
+             f"model and the rest {t_built - t_model:.1f} s)" + since)
     return worker, state
 
 
@@ -730,6 +752,8 @@ def _log_sample(writer, sample, step) -> None:
     """One generated motion as a strip of stick-figure frames (and its real counterpart) in TensorBoard."""
     if sample is None:
         return
+    from cmdm.skeleton import recover_from_ric     # matplotlib and scipy: imported at the first evaluation only
+    from cmdm.viz import render_motion_frames
     for tag, feats in (("generated", sample["features"]), ("real", sample["real"])):
         joints = recover_from_ric(np.asarray(feats, np.float32))
         frames = render_motion_frames(joints, title=sample["text"][:60], every=max(1, len(joints) // 6), size=200)
@@ -831,6 +855,9 @@ def make_trainer(cfg: Config, files: RunFiles, *, init_from: str | None = None, 
 
 def run_training(cfg: Config, *, init_from: str | None = None, partial: bool = False) -> dict:
     """Run one training to its end; returns how it ended (`run_outcome` of its last report) and the run folder."""
+    from cmdm.preflight import check_cluster       # the driver's checks: no Train worker imports them
+    from cmdm.prepare import check_data_root, prepare
+    from cmdm.resources import ResourceError, check_fits, cluster_offer, local_offer
     cfg = absolute_paths(cfg)
     where = "the config (ray.* keys)"
     check_data_root(cfg)

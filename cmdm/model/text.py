@@ -115,6 +115,21 @@ def _quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
+def _bert_width(path: str) -> int | None:
+    """hidden_size from the config.json of a local BERT-like model folder (what the embedded MiniLM is), read
+    without transformers, whose import costs a second in every Train worker; None for CLIP, a hub name or a
+    config.json that transformers should read (and report on)."""
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return None
+    width = config.get("hidden_size") if isinstance(config, dict) else None
+    if config.get("model_type") in (None, "clip", "clip_text_model") or not isinstance(width, int) or width <= 0:
+        return None
+    return width
+
+
 def _sentence_transformers_pooling(path: str):
     """(mode, normalise) from a sentence-transformers folder, or None for a plain model."""
     pooling_cfg = os.path.join(path, "1_Pooling", "config.json")
@@ -184,12 +199,24 @@ class TextEncoder:
 
     def __init__(self, name: str = "all-minilm-l6-v2", max_length: int = 20, output: str = "pooled",
                  cache_size: int = 200_000):
-        from transformers import AutoConfig
-
         if output not in ("pooled", "tokens"):
             raise ValueError(f"text output must be 'pooled' or 'tokens', got {output!r}")
         self.name, self.max_length, self.output, self.cache_size = name, max_length, output, cache_size
         self.path = path = resolve_text_model(name)
+        self.device = torch.device("cpu")
+        self._model, self._tokenizer = None, None
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        bert_width = _bert_width(path)
+        if bert_width is not None:   # all a BERT-like model's config gives is its width: no transformers import
+            self.kind, self.dim = "bert", bert_width
+            self.pooling = _sentence_transformers_pooling(path) or ("mean", False)
+        else:
+            self._read_config(name, path, max_length, output)
+        self.num_encoded = 0  # captions actually run through the transformer (cache misses)
+
+    def _read_config(self, name: str, path: str, max_length: int, output: str) -> None:
+        """kind, dim (and CLIP's text config and projection) from the model's config, read by transformers."""
+        from transformers import AutoConfig
         try:
             with _quiet_transformers():
                 config = AutoConfig.from_pretrained(path)
@@ -197,8 +224,6 @@ class TextEncoder:
             raise TextModelError(_how_to_get(name, exc)) from exc
 
         self.kind = "clip" if config.model_type in ("clip", "clip_text_model") else "bert"
-        self.device = torch.device("cpu")
-        self._model, self._tokenizer = None, None
         if self.kind == "clip":
             # The width is known from config.json: a whole CLIP (CLIPModel) and a CLIPTextModelWithProjection
             # hold the text projection (afford-motion's feature is projected), a bare CLIPTextModel does not.
@@ -215,8 +240,6 @@ class TextEncoder:
         else:                     # BERT-like: the width is in config.json
             self.dim = config.hidden_size
             self.pooling = _sentence_transformers_pooling(path) or ("mean", False)
-        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self.num_encoded = 0  # captions actually run through the transformer (cache misses)
 
     # The transformer and tokenizer load on first use: a run whose captions are all in the disk cache
     # (every training run and sweep trial after the first) never needs them, and loading them costs

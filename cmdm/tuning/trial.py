@@ -13,7 +13,6 @@ from cmdm.atomic import atomic_write_text
 from cmdm.config import absolute_paths, save_config
 from cmdm.ray_cluster import alive_node_ids, describe_nodes, lost_nodes
 from cmdm.run_files import SweepFiles
-from cmdm.train import make_trainer, record_lost_node, worker_error_line
 from cmdm.tuning.doctor import best_evaluation, diagnose, new_evaluations
 from cmdm.tuning.space import format_changes
 from cmdm.tuning.sweep_file import FORK_KEY, Sweep
@@ -69,6 +68,9 @@ def lineage_line(fork: dict) -> str:
 def trial_driver(params: dict, sweep: Sweep) -> None:
     """One trial: the sweep's base config + `params`, trained by a TorchTrainer in trials/<trial_id>/. A remedy
     trial that continues another's line (`_fork` in params, search.py) starts from that trial's checkpoint."""
+    # Imported here, not with this module: Ray Train's controller unpickles TrialReportCallback from this module
+    # and needs none of the training code (torch's model, data and evaluation modules: seconds per trial).
+    from cmdm.train import make_trainer, record_lost_node, worker_error_line
     trial_id = ray.tune.get_context().get_trial_id()
     sweep_files = SweepFiles(sweep.sweep_dir)
     files = sweep_files.trial(trial_id)           # = the trial config's run_dir: <trials>/<trial_id>
