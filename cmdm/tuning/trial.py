@@ -4,6 +4,7 @@ callback that hands each of the loop's reports on to Tune (Train -> Tune) with t
 """
 from __future__ import annotations
 
+import time
 import traceback
 
 import ray.tune
