@@ -67,7 +67,7 @@ def main(argv=None) -> int:
             sweep.name = f"{sweep.name}-bench-{strategy}-seed{seed}"
             sweep.stop_on_targets = True
             if strategy in ("random", "tpe"):
-                sweep.priors, sweep.doctor = False, False
+                sweep.priors, sweep.remedy = False, "off"
             shutil.rmtree(sweep.sweep_dir, ignore_errors=True)
             t0 = time.time()
             summary = run_sweep(sweep, strategy="random" if strategy == "random" else "rules", log=lambda *a: None)

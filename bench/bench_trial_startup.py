@@ -136,8 +136,6 @@ def trial_phases(summary: dict, sweep_dir: Path, tasks: dict) -> list[dict]:
         for name, a, b in zip(PHASES, order, order[1:]):
             row[name] = t[b] - t[a] if t[a] is not None and t[b] is not None else None
         row["total"] = t["step"] - t["tune"] if t["step"] else None
-        row["in_loop"] = sum((h.get("epoch_seconds") or 0) + (h.get("eval_seconds") or 0) for h in trial["history"])
-        row["lifetime"] = trial["trial_seconds"]
         row["tune_start"], row["tune_end"] = clock[tid]
         rows.append(row)
     return rows
@@ -148,6 +146,7 @@ def run_one(sweep_path: str, overrides: list, label: str) -> dict:
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("MPLBACKEND", "Agg")
+    from bench_sweep import overhead       # the same arithmetic as the sweep bench's overhead columns
     from cmdm.tuning.run import run_sweep
     from cmdm.tuning.sweep_file import load_sweep
     out_root = Path(tempfile.mkdtemp(prefix="bench-startup-", dir="/tmp"))
@@ -162,8 +161,7 @@ def run_one(sweep_path: str, overrides: list, label: str) -> dict:
     tasks = creation_tasks()
     rows = trial_phases(summary, Path(sweep.sweep_dir), tasks)
     conc = sweep.max_concurrent_trials
-    in_loop = sum(r["in_loop"] for r in rows) / conc
-    lifetimes = sum(r["lifetime"] for r in rows) / conc
+    _, lifetimes, in_loop = overhead(summary, conc)      # per slot: every trial's lifetime, its in-loop seconds
     ends = sorted(r["tune_end"] for r in rows)
     gaps = [r["tune_start"] - max(e for e in ends if e <= r["tune_start"]) for r in rows
             if any(e <= r["tune_start"] for e in ends)]

@@ -124,10 +124,10 @@ def _bert_width(path: str) -> int | None:
             config = json.load(f)
     except (OSError, ValueError):
         return None
-    width = config.get("hidden_size") if isinstance(config, dict) else None
-    if config.get("model_type") in (None, "clip", "clip_text_model") or not isinstance(width, int) or width <= 0:
+    if not isinstance(config, dict) or config.get("model_type") in (None, "clip", "clip_text_model"):
         return None
-    return width
+    width = config.get("hidden_size")
+    return width if isinstance(width, int) and width > 0 else None
 
 
 def _sentence_transformers_pooling(path: str):
@@ -209,9 +209,10 @@ class TextEncoder:
         bert_width = _bert_width(path)
         if bert_width is not None:   # all a BERT-like model's config gives is its width: no transformers import
             self.kind, self.dim = "bert", bert_width
-            self.pooling = _sentence_transformers_pooling(path) or ("mean", False)
         else:
             self._read_config(name, path, max_length, output)
+        if self.kind == "bert":
+            self.pooling = _sentence_transformers_pooling(path) or ("mean", False)
         self.num_encoded = 0  # captions actually run through the transformer (cache misses)
 
     def _read_config(self, name: str, path: str, max_length: int, output: str) -> None:
@@ -239,7 +240,6 @@ class TextEncoder:
                                      f"{context} tokens, i.e. max_length <= {context - 2} (afford-motion: 20).")
         else:                     # BERT-like: the width is in config.json
             self.dim = config.hidden_size
-            self.pooling = _sentence_transformers_pooling(path) or ("mean", False)
 
     # The transformer and tokenizer load on first use: a run whose captions are all in the disk cache
     # (every training run and sweep trial after the first) never needs them, and loading them costs

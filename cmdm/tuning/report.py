@@ -40,7 +40,7 @@ from cmdm.evaluation.metrics import LOWER_IS_BETTER
 from cmdm.run_files import SweepFiles
 from cmdm.skeleton import recover_from_ric
 from cmdm.tuning.doctor import RULES, explain
-from cmdm.tuning.space import format_value
+from cmdm.tuning.space import fork_source, format_value
 from cmdm.tuning.summary import summarise
 from cmdm.tuning.sweep_file import Sweep
 from cmdm.viz import save_gif
@@ -247,7 +247,7 @@ def _diagnoses_section(sweep: Sweep, summary: dict) -> str:
             rec = json.loads(line)
             moved = ", ".join(f"{k}={format_value(v)}" for k, v in rec["point"].items() if rec["from"].get(k) != v)
             fork = rec.get("fork")
-            how = (f", continuing its line from its {'model_best.pt' if fork['kind'] == 'best' else 'last.pt'} at "
+            how = (f", continuing its line from its {fork_source(fork)} at "
                    f"step {fork['step']} (epoch {fork['epoch']})" if isinstance(fork, dict) else "")
             remedies.append(f"<li><b>{_e(rec['trial_id'])}</b> {_e(rec['rule'])}: queued {_e(moved)}{_e(how)}</li>")
         except (ValueError, KeyError, TypeError, AttributeError):

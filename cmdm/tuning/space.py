@@ -67,3 +67,8 @@ def format_value(v) -> str:
 def format_changes(changes: dict) -> str:
     """{'training.lr': [old, new]} -> 'lr 0.001 -> 0.000667': what a remedy moved, in lineage lines."""
     return ", ".join(f"{k.split('.')[-1]} {format_value(a)} -> {format_value(b)}" for k, (a, b) in changes.items())
+
+
+def fork_source(fork: dict) -> str:
+    """The parent's checkpoint file a continued line starts from: model_best.pt (kind "best") or last.pt."""
+    return "model_best.pt" if fork.get("kind") == "best" else "last.pt"

@@ -16,7 +16,7 @@ from cmdm.atomic import atomic_write_text
 from cmdm.evaluation.metrics import LOWER_IS_BETTER
 from cmdm.run_files import RunFiles, SweepFiles, read_best
 from cmdm.tuning.doctor import RULES, best_evaluation, explain, new_evaluations
-from cmdm.tuning.space import format_changes, format_value
+from cmdm.tuning.space import format_changes, format_value, fork_source
 from cmdm.tuning.sweep_file import FORK_KEY, Sweep
 
 ENDED = ("stop_reason", "epoch", "evaluations")   # what a trial's last report (or status.json) says of its end
@@ -99,9 +99,8 @@ def lineage(config: dict | None) -> dict:
     if not isinstance(fork, dict) or "parent" not in fork:
         return {}
     moved = format_changes(fork.get("changes") or {})
-    source = "model_best.pt" if fork.get("kind") == "best" else "last.pt"
     return {"parent": fork["parent"], "forked_at_step": fork.get("step"),
-            "remedy": f"{fork.get('rule')}: {moved or '-'} (from its {source}, epoch {fork.get('epoch')})"}
+            "remedy": f"{fork.get('rule')}: {moved or '-'} (from its {fork_source(fork)}, epoch {fork.get('epoch')})"}
 
 
 def _lost_nodes(files) -> list[str]:
@@ -158,8 +157,8 @@ def summarise(sweep: Sweep, grid, wall_seconds: float, *, clock=None, targets_me
                                                "targets_met", "timestamp", "epoch_seconds", "eval_seconds")}
                         for h in history],
             "run_dir": str(files.root),
-            "evaluator": (own_best or {}).get("evaluator"),
-            "lost_nodes": _lost_nodes(files),    # Ray nodes lost while it trained: each time Tune ran it again     # fingerprint of the evaluator that scored its best
+            "evaluator": (own_best or {}).get("evaluator"),      # fingerprint of the evaluator that scored its best
+            "lost_nodes": _lost_nodes(files),    # Ray nodes lost while it trained: each time Tune ran it again
             **lineage(result.config),
         })
     children = {r["parent"]: r["trial_id"] for r in rows if r.get("parent")}

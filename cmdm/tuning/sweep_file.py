@@ -121,13 +121,17 @@ class Sweep:
     targets: tuple[Target, ...] = ()
     stop_on_targets: bool = True
     priors: bool = True
-    doctor: bool = True                          # remedies on (remedy is continue or restart)
     doctor_rules: tuple[str, ...] | None = None   # the rules the doctor applies; None = all of them
-    remedy: str = "continue"                      # continue | restart | off (REMEDIES)
+    remedy: str = "continue"                      # continue | restart | off (REMEDIES): the sweep file's `doctor:`
     max_remedies: int = 4
     seed: int = 0
     output_root: str = "outputs"
     warm_start: tuple[Path, ...] = ()   # earlier sweep folders whose finished trials seed the study
+
+    @property
+    def doctor(self) -> bool:
+        """Whether diagnoses become remedy trials (remedy continue or restart)."""
+        return self.remedy != "off"
 
     @property
     def sweep_dir(self) -> Path:
@@ -157,7 +161,8 @@ class Sweep:
         return bool(self.targets) and all(t.met(metrics) for t in self.targets)
 
 
-TOP_KEYS = ({f.name for f in dataclasses.fields(Sweep)} - {"path", "base_config", "doctor_rules", "remedy"}) | {"overrides"}
+TOP_KEYS = ({f.name for f in dataclasses.fields(Sweep)} - {"path", "base_config", "doctor_rules", "remedy"}) | \
+    {"overrides", "doctor"}
 
 # What the searcher does with a diagnosis: continue the trial's line from its checkpoint with the remedy applied
 # (PBT's exploit/explore, driven by the guide's rules), queue the remedy as a fresh trial, or nothing.
@@ -517,7 +522,6 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
             setattr(sweep, key, v)
     if "doctor" in raw:
         sweep.remedy, sweep.doctor_rules = _doctor(path, raw["doctor"])
-        sweep.doctor = sweep.remedy != "off"
     for key in ("stop_on_targets", "priors"):
         if key in raw:
             if not isinstance(raw[key], bool):

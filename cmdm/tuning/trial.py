@@ -15,7 +15,7 @@ from cmdm.config import absolute_paths, save_config
 from cmdm.ray_cluster import alive_node_ids, describe_nodes, lost_nodes
 from cmdm.run_files import SweepFiles
 from cmdm.tuning.doctor import best_evaluation, diagnose, new_evaluations
-from cmdm.tuning.space import format_changes
+from cmdm.tuning.space import format_changes, fork_source
 from cmdm.tuning.sweep_file import FORK_KEY, Sweep
 
 TRIAL_RESOURCE = "trial_driver"   # custom resource: a trial's driver holds no CPU, its Train workers do
@@ -60,7 +60,7 @@ class TrialReportCallback(TuneReportCallback):
 
 def lineage_line(fork: dict) -> str:
     """The first line of a remedy trial's runtime.log: whose line it continues, from where, with which remedy."""
-    what = "its best, model_best.pt" if fork["kind"] == "best" else "its last checkpoint, last.pt"
+    what = f"{'its best' if fork['kind'] == 'best' else 'its last checkpoint'}, {fork_source(fork)}"
     changes = format_changes(fork.get("changes") or {})
     return (f"Forked from trial {fork['parent']} at step {fork['step']} (epoch {fork['epoch']}, {what}) with "
             f"remedy {fork['rule']}: {changes or 'no searched value moved'}")
