@@ -153,6 +153,7 @@ class TrainingConfig:
     save_best: bool = True                        # keep checkpoints/model_best.pt of the best evaluation
     best_metric: Literal["fid", "top1", "top2", "top3"] = "fid"  # metric that decides "best" (fid: lower)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # forward pass in; auto = bf16 on GPUs that have it, else fp32
+    compile: bool = False                         # torch.compile the denoiser of the training step (slower on the CPU demo)
     ema: EMAConfig = field(default_factory=EMAConfig)  # weight averaging
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)  # stop on plateau
 

@@ -208,15 +208,19 @@ class TrainStep(torch.nn.Module):
     """Conditions + noising + denoising + loss in ONE forward, so DDP sees every trainable parameter
     (the contact encoder and adapters included) inside the call it synchronises."""
 
-    def __init__(self, model, diffusion):
+    def __init__(self, model, diffusion, compile_denoiser: bool = False):
         super().__init__()
         self.model, self.diffusion = model, diffusion
+        # training.compile: the denoiser (the per-step hot path) through torch.compile; the conditions keep Python
+        # (caption strings, cached features) and stay eager. The compiled module shares the model's parameters,
+        # so checkpoints, the EMA and evaluation keep using `model`.
+        self.denoiser = torch.compile(model) if compile_denoiser else model
 
     def forward(self, batch):
         cond = self.model.encode_batch(batch, cfg_dropout=True)
         x0 = batch["motion"].to(self.model.device, non_blocking=True)
         mask = batch["mask"].to(self.model.device, non_blocking=True)
-        return self.diffusion.training_loss(self.model, x0, cond, mask)
+        return self.diffusion.training_loss(self.denoiser, x0, cond, mask)
 
 
 def _rng_state(device) -> dict:
@@ -419,7 +423,7 @@ def build(cfg: Config, files: RunFiles) -> tuple[Worker, TrainState]:
     model = build_model(cfg).to(device)
     load_text_cache(model, cfg)
     diffusion = build_diffusion(cfg.diffusion)
-    step_module = TrainStep(model, diffusion)
+    step_module = TrainStep(model, diffusion, compile_denoiser=tr.compile)
     if world > 1:
         step_module = ray_torch.prepare_model(step_module, move_to_device=False)
     params = [p for p in model.parameters() if p.requires_grad]
