@@ -57,7 +57,7 @@ from cmdm.data.humanml3d import collate, dataset_from_config
 from cmdm.diffusion import build_diffusion
 from cmdm.evaluation.evaluator import Evaluator, load_evaluator
 from cmdm.evaluation.generate import TABLE_KEYS, embed_generations, eval_indices, merge_shards, score
-from cmdm.evaluation.metrics import LOWER_IS_BETTER   # which way each metric is better
+from cmdm.evaluation.metrics import improves   # which way each metric is better
 from cmdm.model import build_model, load_model_weights
 from cmdm.model.checkpoint import check_weights, dit_settings_mismatch, extract_state_dict
 from cmdm.model.text import load_text_cache
@@ -124,11 +124,7 @@ class BestTracker:
     bad_evals: int = 0
 
     def better(self, value: float, margin: float = 0.0) -> bool:
-        if self.best is None:
-            return True
-        if LOWER_IS_BETTER[self.metric]:
-            return value < self.best - margin
-        return value > self.best + margin
+        return improves(self.metric, value, self.best, margin)
 
     def update(self, value: float, step: int) -> bool:
         """Record an evaluation; True when it is a new best. Early stopping counts evaluations that do not
@@ -941,9 +937,9 @@ def describe_failure(err: BaseException, lost: list[dict], files: RunFiles, ray_
     kept = (f"its last checkpoint {files.last} (step {step}) is kept: rerun the same command to resume from it"
             if step is not None else "it had no checkpoint yet: rerunning starts it again")
     if lost:
-        if room:
-            why = f"(after {reruns} rerun(s)) and the nodes left cannot hold the run: {room}"
-            fix = "Add a node (or lower ray.num_workers) and rerun."
+        if room:       # check_fits' paragraph already says what to change: no second fix after it
+            why = f"(after {reruns} rerun(s)) and the nodes left cannot hold the run: {room.rstrip('.')}"
+            fix = ""
         elif ray_cfg.lost_node_retries:
             why = f"again after {reruns} rerun(s) (ray.lost_node_retries = {ray_cfg.lost_node_retries}, all spent)"
             fix = "Raise ray.lost_node_retries if the cluster loses nodes this often."
@@ -952,7 +948,7 @@ def describe_failure(err: BaseException, lost: list[dict], files: RunFiles, ray_
             fix = ("To ride out a lost node, set ray.lost_node_retries=3 (the run is rerun from last.pt on the "
                    "nodes left, when they have room).")
         return (f"training stopped: Ray node {describe_nodes(lost)} was lost during the run {why} (its workers died "
-                f"with it; the others then failed with: {worker_error_line(err)[:200]}); {kept}. {fix}")
+                f"with it; the others then failed with: {worker_error_line(err)[:200]}); {kept}. {fix}").rstrip()
     n = ray_cfg.max_failures
     tries = f"after {n} retr{'y' if n == 1 else 'ies'} (ray.max_failures)" if n else "(ray.max_failures = 0: no retry)"
     return (f"training stopped {tries} on an error in a worker: {worker_error_line(err)[:300]}. The worker's "

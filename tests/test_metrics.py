@@ -162,3 +162,11 @@ def test_replications_summary_mean_and_half_width():
     std = np.sqrt(np.mean((np.array([1, 2, 3, 4]) - 2.5) ** 2))   # ddof = 0, as the reference
     assert out["fid"] == pytest.approx((2.5, 1.96 * std / 2))
     assert out["top1"] == (0.5, 0.0) and "multimodality" not in out
+
+
+def test_improves_reads_each_metrics_direction_and_the_margin():
+    assert metrics.improves("fid", 0.3, None) and metrics.improves("top1", 0.1, None)
+    assert metrics.improves("fid", 0.3, 0.4) and not metrics.improves("fid", 0.4, 0.3)
+    assert metrics.improves("top1", 0.5, 0.4) and not metrics.improves("top1", 0.4, 0.5)
+    assert not metrics.improves("fid", 0.39, 0.4, margin=0.05) and metrics.improves("fid", 0.34, 0.4, margin=0.05)
+    assert not metrics.improves("loss", 0.4, 0.4)

@@ -115,3 +115,30 @@ def test_a_compiled_training_step_computes_what_the_eager_one_does(monkeypatch):
     assert len(compiled_grads) == len(eager_grads) > 0
     for a, b in zip(eager_grads, compiled_grads):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_a_lost_node_message_gives_one_fix_whichever_way_the_rerun_ended(tmp_path):
+    """describe_failure: lost node with no room left names the nodes' shortfall and its one fix; with the
+    retries spent or off, the fix is the retry setting. Always: the node, the step kept, how to resume."""
+    from cmdm.config import RayConfig
+    from cmdm.resources import ResourceError, check_fits
+    from cmdm.train import describe_failure
+
+    files = RunFiles(tmp_path / "run")
+    files.checkpoints.mkdir(parents=True)
+    torch.save({"step": 120}, files.last)
+    lost = [{"NodeID": "ab" * 28, "NodeManagerAddress": "10.0.0.7"}]
+    err = RuntimeError("Worker group failed\nRuntimeError: Connection closed by peer")
+    cfg = RayConfig(num_workers=2, cpus_per_worker=2, lost_node_retries=3)
+    with pytest.raises(ResourceError) as short:
+        check_fits(cfg, {"CPU": 2.0, "GPU": 0.0}, where="the nodes left", prefix="ray.", what="the cluster")
+
+    room = describe_failure(err, lost, files, cfg, reruns=1, room=str(short.value))
+    spent = describe_failure(err, lost, files, cfg, reruns=3)
+    off = describe_failure(err, lost, files, RayConfig(lost_node_retries=0))
+    for text in (room, spent, off):
+        assert "10.0.0.7 (id abababababab)" in text and "(step 120)" in text and "\n" not in text
+        assert "Connection closed by peer" in text
+    assert room.count("Fix:") == 1 and "lower ray.num_workers and ray.cpus_per_worker" in room
+    assert "ray.lost_node_retries" not in room and "Add a node" not in room
+    assert "Raise ray.lost_node_retries" in spent and "set ray.lost_node_retries=3" in off

@@ -19,6 +19,13 @@ from scipy import linalg
 LOWER_IS_BETTER = {"fid": True, "mm_dist": True, "top1": False, "top2": False, "top3": False, "loss": True}
 
 
+def improves(metric: str, value: float, best: float | None, margin: float = 0.0) -> bool:
+    """True when `value` beats `best` (None: nothing yet) by more than `margin`, in `metric`'s direction."""
+    if best is None:
+        return True
+    return value < best - margin if LOWER_IS_BETTER[metric] else value > best + margin
+
+
 def _as_2d(x, name) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2:

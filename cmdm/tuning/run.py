@@ -31,7 +31,7 @@ from ray.tune.stopper import CombinedStopper
 
 from cmdm.atomic import atomic_write_text
 from cmdm.config import absolute_paths
-from cmdm.evaluation.metrics import LOWER_IS_BETTER
+from cmdm.evaluation.metrics import improves
 from cmdm.preflight import check_cluster
 from cmdm.prepare import check_data_root, prepare
 from cmdm.ray_cluster import check_ray_token_settings, start_ray
@@ -108,7 +108,7 @@ def trial_reports(log_file: Path, metric: str) -> list[dict]:
         if isinstance(row.get(metric), float):
             evaluations += 1
             value = row[metric]
-            if best is None or (value < best if LOWER_IS_BETTER[metric] else value > best):
+            if improves(metric, value, best):
                 best = value
         reports.append({"epoch": epoch, "evaluations": evaluations, f"best_{metric}": best})
     return reports
