@@ -1,18 +1,22 @@
-"""Does the rule-guided sweep reach the target sooner than plain random search, and what does Tune cost?
+"""Do the guide's rules pay inside a sweep, and what does Tune cost? Four arms of one sweep file, side by side.
 
-    python bench/bench_sweep.py [SWEEP] [--seeds 0 1 2] [key=value ...]     (default: sweeps/demo.yaml)
+    python bench/bench_sweep.py [SWEEP] [--seeds 0 1 2 3 4 5] [--arms ...] [key=value ...]
+                                                             (default: sweeps/demo_symptoms.yaml)
 
-For each seed, the same sweep file runs twice, side by side:
-  (a) the product: Optuna TPE + the guide's priors + the trial doctor + ASHA;
-  (b) the baseline: random search, every trial trained to its last epoch (no early stopping);
-  and, with --ablation, (a') Optuna TPE + ASHA alone (no priors, no doctor): what the warm start adds.
-Both stop when an evaluation first meets the sweep's targets (stop_on_targets forced on).
+For each seed the same sweep runs once per arm:
+  (a) continue: the product. Optuna TPE + the guide's priors + ASHA, and the trial doctor's remedies continue the
+      diagnosed trial's line from its checkpoint (`doctor: {remedy: continue}`);
+  (b) restart: the same, but each remedy is a new trial from scratch (`doctor: {remedy: restart}`);
+  (c) tpe: Optuna TPE + ASHA alone (no priors, no doctor);
+  (d) random: Tune's random search, every trial trained to its last epoch (no early stopping).
+Every arm stops when an evaluation first meets the sweep's targets (stop_on_targets forced on).
 Reported per run: trial-epochs spent until the target was first met (every epoch of every trial reported
-before that moment), and the sweep's wall time against its trials' compute: the trials' lifetimes as the Tune
-driver clocked them (start-up and epochs cut short included) and, stricter, the training + evaluation seconds
-inside the loop, each divided by the trials running at once.
-Goal: (a)/(b) <= 0.33, overhead <= 10%.
-Not a test: numbers depend on the machine. Results also go to outputs/bench_sweep.json.
+before that moment: a continued line's child reports only the epochs it trains itself, the parent's are counted
+once, in the parent), seconds from the sweep's start to that moment, and the sweep's wall time against its
+trials' lifetimes (Tune's overhead) and against their in-loop compute (start-up included).
+Goals (issue 15): (a)/(d) <= 0.15 and (a)/(b) <= 0.6 in trial-epochs; overhead <= 5%.
+Not a test: numbers depend on the machine. Results also go to outputs/bench_sweep.json (one row per run,
+written after each run, so an interrupted bench keeps what it measured).
 """
 import argparse
 import json
@@ -24,15 +28,44 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+ARMS = {"continue": "(a) continue", "restart": "(b) restart", "tpe": "(c) TPE+ASHA", "random": "(d) random"}
+
+
+def first_hit(summary: dict) -> float | None:
+    """Timestamp of the first report that met every target, or None."""
+    hits = [h["timestamp"] for t in summary["trials"] for h in t["history"]
+            if h.get("targets_met") and h.get("timestamp")]
+    return min(hits) if hits else None
+
 
 def trial_epochs_to_target(summary: dict) -> tuple[int, bool]:
     """Epoch reports of all trials up to the first report that met every target (all of them if none did)."""
     rows = [h for t in summary["trials"] for h in t["history"] if h.get("epoch") and h.get("timestamp")]
-    hits = [h["timestamp"] for h in rows if h.get("targets_met")]
-    if not hits:
+    first = first_hit(summary)
+    if first is None:
         return len(rows), False
-    first = min(hits)
     return sum(1 for h in rows if h["timestamp"] <= first), True
+
+
+def sweep_start(sweep_dir: Path) -> float | None:
+    """When the sweep's Tuner started (clock.json's first segment, run.TrialClock)."""
+    try:
+        return json.loads((sweep_dir / "clock.json").read_text())["segments"][0]["start"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def seconds_to_target(summary: dict, sweep_dir: Path) -> float | None:
+    first, start = first_hit(summary), sweep_start(sweep_dir)
+    return first - start if first is not None and start is not None else None
+
+
+def forks(sweep_dir: Path) -> list[dict]:
+    """The remedies the doctor queued (remedies.jsonl): how many continued a line, from which epoch."""
+    path = sweep_dir / "remedies.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def overhead(summary: dict, concurrency: int) -> tuple[float, float, float]:
@@ -44,73 +77,111 @@ def overhead(summary: dict, concurrency: int) -> tuple[float, float, float]:
     return summary["wall_seconds"], lifetimes / max(1, concurrency), compute / max(1, concurrency)
 
 
+def arm_sweep(path: str, overrides: list[str], arm: str, seed: int, full: bool = False):
+    """The sweep file as this arm runs it, in its own folder."""
+    from cmdm.tuning.sweep_file import load_sweep
+    sweep = load_sweep(path, [*overrides, f"seed={seed}"])
+    sweep.name = f"{sweep.name}-bench-{arm}-seed{seed}"
+    sweep.stop_on_targets = not full
+    if arm in ("continue", "restart"):
+        sweep.remedy = arm
+    else:
+        sweep.priors, sweep.remedy = False, "off"
+    return sweep
+
+
+def run_arm(path: str, overrides: list[str], arm: str, seed: int, full: bool = False) -> dict:
+    from cmdm.tuning.run import run_sweep
+    sweep = arm_sweep(path, overrides, arm, seed, full)
+    shutil.rmtree(sweep.sweep_dir, ignore_errors=True)      # the bench's own folder from an earlier bench run
+    t0 = time.time()
+    summary = run_sweep(sweep, strategy="random" if arm == "random" else "rules", log=lambda *a: None)
+    epochs, met = trial_epochs_to_target(summary)
+    wall, lifetimes, compute = overhead(summary, sweep.max_concurrent_trials)
+    remedies = forks(sweep.sweep_dir)
+    return {"seed": seed, "arm": arm, "trial_epochs": epochs, "target_met": met,
+            "seconds_to_target": seconds_to_target(summary, sweep.sweep_dir), "trials": len(summary["trials"]),
+            "remedies": len(remedies), "continued": sum(1 for r in remedies if r.get("fork")),
+            "inherited_epochs": sum((r.get("fork") or {}).get("epoch") or 0 for r in remedies),
+            "wall_s": wall, "trial_lifetimes_s": lifetimes, "compute_s": compute,
+            "overhead": wall / lifetimes - 1 if lifetimes else None,
+            "overhead_with_startup": wall / compute - 1 if compute else None,
+            "ray_start_s": summary.get("ray_start_seconds"), "total_s": time.time() - t0}
+
+
+def print_table(rows: list[dict], seeds: list[int], arms: list[str]) -> None:
+    def get(seed, arm):
+        return next((r for r in rows if r["seed"] == seed and r["arm"] == arm), None)
+
+    def cell(r):
+        if r is None:
+            return "-"
+        s = r["seconds_to_target"]
+        return (f"{r['trial_epochs']} / {s:.0f} s" if r["target_met"] and s is not None
+                else f">= {r['trial_epochs']} (not met in {r['trials']} trials)")
+
+    def ratio(a, b):
+        if a is None or b is None:
+            return "-"
+        bound = "" if b["target_met"] and a["target_met"] else ("<= " if a["target_met"] else "?")
+        return "?" if bound == "?" else f"{bound}{a['trial_epochs'] / b['trial_epochs']:.2f}"
+
+    ratios = [(x, y) for x, y in (("continue", "random"), ("continue", "restart")) if x in arms and y in arms]
+    head = ["seed"] + [f"{ARMS[a]}: trial-epochs / s to target" for a in arms] \
+        + [f"(a)/({'d' if y == 'random' else 'b'})" for x, y in ratios] \
+        + [f"overhead {ARMS[a].split(' ')[0]}" for a in arms]
+    print("\n| " + " | ".join(head) + " |\n" + "|---" * len(head) + "|")
+    for seed in seeds:
+        runs = [get(seed, a) for a in arms]
+        cells = [str(seed)] + [cell(r) for r in runs] + [ratio(get(seed, x), get(seed, y)) for x, y in ratios]
+        cells += [f"{r['overhead']:.1%}" if r and r["overhead"] is not None else "-" for r in runs]
+        print("| " + " | ".join(cells) + " |")
+    total = {a: sum(r["trial_epochs"] for r in rows if r["arm"] == a) for a in arms}
+    missed = {a: sum(1 for r in rows if r["arm"] == a and not r["target_met"]) for a in arms}
+    print("\nall seeds, trial-epochs: " + ", ".join(
+        f"{ARMS[a]} {'>= ' if missed[a] else ''}{total[a]}" + (f" ({missed[a]} not met)" if missed[a] else "")
+        for a in arms))
+    goals = {("continue", "random"): 0.15, ("continue", "restart"): 0.6}
+    for x, y in ratios:
+        if total[y]:
+            print(f"{ARMS[x]} / {ARMS[y]} = {total[x]}/{total[y]} = {total[x] / total[y]:.2f} "
+                  f"(goal <= {goals[(x, y)]})" + (" (a lower bound on the denominator: some runs missed)"
+                                                   if missed[y] else ""))
+    for a in arms:
+        mine = [r for r in rows if r["arm"] == a and r["overhead"] is not None]
+        if mine:
+            print(f"{ARMS[a]}: Tune's overhead {sum(r['overhead'] for r in mine) / len(mine):.1%} around the trials "
+                  f"(goal <= 5%), {sum(r['overhead_with_startup'] for r in mine) / len(mine):.1%} counting each "
+                  f"trial's start-up")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("sweep", nargs="?", default=str(ROOT / "sweeps" / "demo.yaml"))
+    p.add_argument("sweep", nargs="?", default=str(ROOT / "sweeps" / "demo_symptoms.yaml"))
     p.add_argument("overrides", nargs="*", help="sweep overrides, e.g. num_samples=8")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--ablation", action="store_true", help="also run (a') TPE + ASHA without priors and doctor")
-    p.add_argument("--only", choices=["rules", "random", "tpe"], help="run one strategy (no ratio table)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    p.add_argument("--out", default=str(ROOT / "outputs" / "bench_sweep.json"))
+    p.add_argument("--full", action="store_true", help="run every sweep to its end, targets met or not "
+                   "(to calibrate a sweep's targets: what each trial reaches)")
+    p.add_argument("--table", action="store_true", help="only print the table of the rows already in --out")
     args = p.parse_intermixed_args(argv)
-    strategies = ("rules", "random", "tpe") if args.ablation else ("rules", "random")
-    if args.only:
-        strategies = (args.only,)
     if "=" in args.sweep:                      # only overrides given: they are not the sweep file
-        args.overrides, args.sweep = [args.sweep, *args.overrides], str(ROOT / "sweeps" / "demo.yaml")
-
-    from cmdm.tuning.sweep_file import load_sweep
-    from cmdm.tuning.run import run_sweep
+        args.overrides, args.sweep = [args.sweep, *args.overrides], str(ROOT / "sweeps" / "demo_symptoms.yaml")
+    out = Path(args.out)
+    if args.table:
+        rows = json.loads(out.read_text())
+        print_table(rows, sorted({r["seed"] for r in rows}), [a for a in ARMS if any(r["arm"] == a for r in rows)])
+        return 0
+    from cmdm.atomic import atomic_write_text
+    out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for seed in args.seeds:
-        for strategy in strategies:
-            sweep = load_sweep(args.sweep, [*args.overrides, f"seed={seed}"])
-            sweep.name = f"{sweep.name}-bench-{strategy}-seed{seed}"
-            sweep.stop_on_targets = True
-            if strategy in ("random", "tpe"):
-                sweep.priors, sweep.remedy = False, "off"
-            shutil.rmtree(sweep.sweep_dir, ignore_errors=True)
-            t0 = time.time()
-            summary = run_sweep(sweep, strategy="random" if strategy == "random" else "rules", log=lambda *a: None)
-            epochs, met = trial_epochs_to_target(summary)
-            wall, lifetimes, compute = overhead(summary, sweep.max_concurrent_trials)
-            rows.append({"seed": seed, "strategy": strategy, "trial_epochs": epochs, "target_met": met,
-                         "trials": len(summary["trials"]), "wall_s": wall, "trial_lifetimes_s": lifetimes,
-                         "compute_s": compute, "overhead": wall / lifetimes - 1 if lifetimes else None,
-                         "overhead_with_startup": wall / compute - 1 if compute else None,
-                         "ray_start_s": summary.get("ray_start_seconds"), "total_s": time.time() - t0})
+        for arm in args.arms:
+            rows.append(run_arm(args.sweep, args.overrides, arm, seed, args.full))
             print(json.dumps(rows[-1]), flush=True)
-
-    out = ROOT / "outputs" / (f"bench_sweep-{args.only}.json" if args.only else "bench_sweep.json")
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2) + "\n")
-    if args.only:
-        return 0
-
-    def run(seed, strategy):
-        return next((r for r in rows if r["seed"] == seed and r["strategy"] == strategy), None)
-
-    def mark(r):
-        return f"{r['trial_epochs']}{'' if r['target_met'] else ' (target not met: >=)'}"
-
-    names = {"rules": "(a) rules", "random": "(b) random", "tpe": "(a') TPE+ASHA, no priors"}
-    head = ["seed"] + [f"{names[s]}: trial-epochs" for s in strategies] + ["(a)/(b)"] \
-        + [f"overhead {names[s].split(' ')[0]}" for s in strategies] \
-        + [f"incl. start-up {names[s].split(' ')[0]}" for s in strategies]
-    print("\n| " + " | ".join(head) + " |\n" + "|---" * len(head) + "|")
-    for seed in args.seeds:
-        runs = [run(seed, s) for s in strategies]
-        cells = [str(seed)] + [mark(r) for r in runs] + [f"{runs[0]['trial_epochs'] / runs[1]['trial_epochs']:.2f}"]
-        cells += [f"{r['overhead']:.1%}" for r in runs] + [f"{r['overhead_with_startup']:.1%}" for r in runs]
-        print("| " + " | ".join(cells) + " |")
-    total = {s: sum(r["trial_epochs"] for r in rows if r["strategy"] == s) for s in strategies}
-    print(f"\nall seeds: (a)/(b) = {total['rules']}/{total['random']} = {total['rules'] / total['random']:.2f} "
-          f"(goal <= 0.33)" + (f"; (a')/(b) = {total['tpe']}/{total['random']} = {total['tpe'] / total['random']:.2f}"
-                               if "tpe" in total else ""))
-    for s in strategies:
-        mine = [r for r in rows if r["strategy"] == s]
-        print(f"{names[s]}: overhead {sum(r['overhead'] for r in mine) / len(mine):.1%} around the trials "
-              f"(goal <= 10%), {sum(r['overhead_with_startup'] for r in mine) / len(mine):.1%} counting each "
-              f"trial's start-up")
+            atomic_write_text(out, json.dumps(rows, indent=2) + "\n")
+    print_table(rows, args.seeds, args.arms)
     return 0
 
 

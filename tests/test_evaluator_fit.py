@@ -159,6 +159,21 @@ def test_load_evaluator_from_a_config_uses_the_cached_fitted_evaluator(fitted):
     assert ev.source == str(path) and path.stat().st_mtime_ns == mtime
 
 
+def test_the_evaluator_is_fitted_on_the_protocols_clips_whatever_lengths_a_run_trains_on(monkeypatch):
+    """A sweep training on short clips (data.max_motion_len 80) and the demo share a data root: whichever fits
+    the cached evaluator first, it is the same one (the cache is keyed by the data alone)."""
+    from types import SimpleNamespace
+    from cmdm.evaluation import fit as fit_module
+    seen = []
+    monkeypatch.setattr(fit_module, "ensure_evaluator", lambda root, out, cfg=None, **kw: seen.append(cfg))
+    for lengths in ((40, 80), (40, 200), (60, 120)):
+        cfg = SimpleNamespace(data=SimpleNamespace(name="synthetic", root="r", min_motion_len=lengths[0],
+                                                   max_motion_len=lengths[1]),
+                              evaluation=SimpleNamespace(evaluator_dir="e"))
+        fit_module.prepare_evaluator(cfg, progress=False)
+    assert [(c.min_motion_len, c.max_motion_len) for c in seen] == [(40, 200)] * 3 and seen[0] == FitConfig()
+
+
 def test_ensure_evaluator_refits_an_evaluator_of_an_older_fit_version(fitted, tmp_path):
     """Same data, but fitted by an older fit (no jittered negatives): the cache is not reused."""
     from cmdm.evaluation.fit import FIT_VERSION

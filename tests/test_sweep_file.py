@@ -39,6 +39,27 @@ def test_shipped_sweeps_load_and_hold_the_guides_targets():
     assert demo.base_config.data.name == "synthetic" and demo.targets
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_sweep_loads_with_a_space_targets_and_a_trial_config(path):
+    sweep = load_sweep(path)
+    assert sweep.space and sweep.targets and sweep.num_samples >= 1
+    cfg = sweep.trial_config(sweep.base_point(), name="t0")        # the base point is a valid trial
+    assert cfg.name == "t0" and all(sweep.space[k].contains(v) for k, v in sweep.base_point().items())
+
+
+def test_symptom_sweep_starts_sick_and_its_remedies_stay_in_the_space():
+    """bench/bench_sweep.py's sweep: the base lr oscillates (12x the demo's) and the guide's lr-down remedy is
+    a point of the space, so the doctor can act on it."""
+    from cmdm.tuning.doctor import RULES, apply_remedy
+    sweep = load_sweep(ROOT / "sweeps" / "demo_symptoms.yaml")
+    demo = load_sweep(ROOT / "sweeps" / "demo.yaml")
+    assert sweep.base_point()["training.lr"] >= 10 * demo.base_point()["training.lr"]
+    lr_down = next(r for r in RULES if r.name == "loss_oscillating")
+    point = apply_remedy(sweep.base_point(), lr_down, sweep.space)
+    assert point is not None and point["training.lr"] < sweep.base_point()["training.lr"]
+    assert sweep.remedy == "continue" and sweep.priors
+
+
 def test_good_sweep_resolves(tmp_path):
     s = load_sweep(write(tmp_path, GOOD), ["num_samples=5", "base.training.max_epochs=2", "resources.cpus_per_worker=2",
                                             "scheduler.grace_period=2"])

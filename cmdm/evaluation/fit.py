@@ -477,12 +477,16 @@ def prepare_evaluator(cfg, progress: bool = True, log=print) -> Path | None:
     """The driver's step before any worker starts: for a synthetic or custom set, the evaluator fitted on
     data.root, cached in evaluation.evaluator_dir (fitted there on first use, refitted if the data changed);
     None for HumanML3D, whose official evaluator is never fitted here. Workers only load it
-    (`cmdm.evaluation.evaluator.load_evaluator`)."""
+    (`cmdm.evaluation.evaluator.load_evaluator`).
+
+    The evaluator belongs to the data, not to the run: it is fitted on the clips the metric protocol keeps
+    (FitConfig's 40 <= T < 200, as HumanML3D's evaluator), whatever data.min/max_motion_len a run trains on, so
+    runs on one data root are scored by one evaluator whichever of them fitted it (the cache is keyed by the
+    data alone)."""
     ev, data = cfg.evaluation, cfg.data
     if data.name == "humanml3d":
         return None
-    fit_cfg = FitConfig(min_motion_len=data.min_motion_len, max_motion_len=data.max_motion_len)
-    return ensure_evaluator(data.root, ev.evaluator_dir, progress=progress, cfg=fit_cfg, log=log)
+    return ensure_evaluator(data.root, ev.evaluator_dir, progress=progress, cfg=FitConfig(), log=log)
 
 
 def format_table(table: dict) -> str:
