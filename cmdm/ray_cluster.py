@@ -6,6 +6,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+GCS_PORT_VARIABLE = "RAY_GCS_SERVER_PORT"   # ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE: the port of a head's GCS
+
 RAY_TOKEN_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")   # a token setting of the user's
 
 
@@ -57,6 +59,21 @@ def ensure_private_ray_token(log=print) -> Path | None:
     return path
 
 
+def _local_gcs_address() -> str:
+    """127.0.0.1:<port> for a local Ray's GCS, told to its workers as RAY_ADDRESS. A worker that looks its cluster
+    up without an address (Ray Train's placement-group cleaner asks Ray's state API) otherwise finds every GCS
+    on the machine, and with a second Ray running (another sweep, a test cluster) dies of "Found multiple active
+    Ray instances", which hangs the sweep. The port is a free one (RAY_GCS_SERVER_PORT, read when Ray starts its
+    head; the user's own setting wins)."""
+    import socket
+    port = os.environ.get(GCS_PORT_VARIABLE)
+    if not port:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = str(sock.getsockname()[1])
+    return f"127.0.0.1:{port}"
+
+
 def start_ray(address: str, num_cpus: int | None = None, resources: dict | None = None, log=print):
     """Join a cluster (address) or start a local Ray that listens on 127.0.0.1 only; returns the dashboard URL.
 
@@ -77,8 +94,18 @@ def start_ray(address: str, num_cpus: int | None = None, resources: dict | None 
     else:
         ray_constants.ENABLE_RAY_CLUSTER = False    # what RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 sets at import
         ensure_private_ray_token(log=log)
-        ctx = ray.init(num_cpus=num_cpus, resources=resources, include_dashboard=True, dashboard_host="127.0.0.1",
-                       log_to_driver=True)
+        gcs = _local_gcs_address()
+        users = os.environ.get(GCS_PORT_VARIABLE)
+        os.environ[GCS_PORT_VARIABLE] = gcs.rsplit(":", 1)[1]
+        try:
+            ctx = ray.init(num_cpus=num_cpus, resources=resources, include_dashboard=True, dashboard_host="127.0.0.1",
+                           log_to_driver=True, runtime_env={"env_vars": {"RAY_ADDRESS": gcs}})
+        finally:                                     # this process's next local Ray picks its own port
+            if users is None:
+                os.environ.pop(GCS_PORT_VARIABLE, None)
+        if ctx.address_info.get("gcs_address") != gcs:
+            log(f"[ray] warning: the local Ray's GCS is at {ctx.address_info.get('gcs_address')}, not {gcs}: with a "
+                "second Ray on this machine, Ray Train's helpers may not find this one")
         node_ip = ray.util.get_node_ip_address()
         if not ipaddress.ip_address(node_ip).is_loopback:
             log(f"[ray] warning: the local Ray took the address {node_ip}, not 127.0.0.1: its ports may be reachable "
