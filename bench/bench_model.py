@@ -88,13 +88,13 @@ def matmul_peak(device: torch.device, dtype=torch.float32, seconds: float = 3.0)
     return 2 * n ** 3 * reps / (time.perf_counter() - start)
 
 
-def make_batch(cfg, batch_size, frames, generator, device):
+def make_batch(cfg, batch_size, frames, generator, device, text_dim=384):
     lengths = torch.randint(max(1, frames // 5), frames + 1, (batch_size,), generator=generator)
     lengths[0] = frames
     mask = torch.arange(frames)[None] < lengths[:, None]
     batch = {"motion": torch.randn(batch_size, frames, 263, generator=generator) * mask[..., None],
              "mask": mask, "length": lengths,
-             "text": torch.randn(batch_size, 384, generator=generator)}
+             "text": torch.randn(batch_size, text_dim, generator=generator)}   # the text model's width
     if cfg.data.use_contacts:
         n, c = cfg.data.contact_num_points, len(cfg.data.contact_joints)
         batch["contact"] = torch.cat([torch.randn(batch_size, n, 3, generator=generator),
@@ -109,7 +109,7 @@ def bench_config(path, batch_size, frames, steps, precision, device, compile_mod
     diffusion = build_diffusion(cfg.diffusion)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.training.lr, weight_decay=cfg.training.weight_decay,
                             fused=device.type == "cuda")
-    batch = make_batch(cfg, batch_size, frames, torch.Generator().manual_seed(0), device)
+    batch = make_batch(cfg, batch_size, frames, torch.Generator().manual_seed(0), device, model.text_dim)
     model.train()
     fwd = torch.compile(model) if compile_model else model
 

@@ -7,6 +7,7 @@ randomly initialised BERT / CLIP models saved to tmp_path with tokenizers built 
 
 import copy
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -558,3 +559,14 @@ def test_check_text_model_asks_for_weights_only_when_a_caption_needs_them(tmp_pa
         check_text_model(str(tmp_path / "clip"), 20, "pooled", tmp_path / "no-cache.pt")
     with pytest.raises(TextModelError, match="model.text_model.name"):
         check_text_model(str(tmp_path / "clip"), 20, "tokens", tmp_path / "cache.pt")  # tokens are never cached
+
+
+def test_the_stable_model_builds_without_its_text_encoders_files():
+    """bench/bench_model.py builds configs/stable.yaml with precomputed text features: CLIP ViT-B/32's width (512,
+    its projection) is known without its files, which a CPU machine without the hub does not hold."""
+    from cmdm.config import load_config
+    root = Path(__file__).resolve().parents[1]
+    model = build_model(load_config(root / "configs" / "stable.yaml"), load_text_encoder=False)
+    assert model.text_dim == 512 and model.text_encoder is None
+    with pytest.raises(ValueError, match="known width"):
+        build_model(load_config(None, ["model.text_model.name=some/other-model"]), load_text_encoder=False)

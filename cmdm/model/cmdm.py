@@ -61,6 +61,10 @@ from cmdm.model.text import TextEncoder
 
 MOTION_DIM = 263       # HumanML3D feature vector
 MINILM_DIM = 384       # width of the built-in text encoder
+# Feature widths of the published text models the configs name, for a model built without its text encoder
+# (load_text_encoder=False: features precomputed, e.g. bench/bench_model.py), where their files are not on disk.
+KNOWN_TEXT_WIDTHS = {"all-minilm-l6-v2": MINILM_DIM,
+                     "openai/clip-vit-base-patch32": 512}   # CLIP ViT-B/32: projection_dim 512
 
 
 class CMDM(nn.Module):
@@ -148,10 +152,10 @@ class CMDM(nn.Module):
         text_encoder, text_dim = None, None
         if load_text_encoder:
             text_encoder = TextEncoder(tm.name, tm.max_length, tm.output)
-        elif tm.name.lower() == "all-minilm-l6-v2":
-            text_dim = MINILM_DIM
+        elif tm.name.lower() in KNOWN_TEXT_WIDTHS:
+            text_dim = KNOWN_TEXT_WIDTHS[tm.name.lower()]
         else:
-            raise ValueError("load_text_encoder=False needs the built-in text model (its width is known)")
+            raise ValueError(f"load_text_encoder=False needs a text model of known width ({', '.join(KNOWN_TEXT_WIDTHS)})")
         return cls(motion_dim=motion_dim, arch=model_cfg.arch, latent_dim=model_cfg.latent_dim,
                    num_layers=model_cfg.num_layers, num_heads=model_cfg.num_heads,
                    dim_feedforward=model_cfg.dim_feedforward, dropout=model_cfg.dropout,
