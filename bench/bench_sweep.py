@@ -63,7 +63,7 @@ def seconds_to_target(summary: dict, sweep_dir: Path, met=None) -> float | None:
     return first - start if first is not None and start is not None else None
 
 
-def forks(sweep_dir: Path) -> list[dict]:
+def remedy_records(sweep_dir: Path) -> list[dict]:
     """The remedies the doctor queued (remedies.jsonl): how many continued a line, from which epoch."""
     path = sweep_dir / "remedies.jsonl"
     if not path.is_file():
@@ -107,7 +107,7 @@ def run_arm(path: str, overrides: list[str], arm: str, seed: int, full: bool = F
     hit = sweep.targets_met
     epochs, met = trial_epochs_to_target(summary, hit)
     wall, lifetimes, compute = overhead(summary, sweep.max_concurrent_trials)
-    remedies = forks(sweep.sweep_dir)
+    remedies = remedy_records(sweep.sweep_dir)
     return {"seed": seed, "arm": arm, "trial_epochs": epochs, "target_met": met,
             "seconds_to_target": seconds_to_target(summary, sweep.sweep_dir, hit), "trials": len(summary["trials"]),
             "targets": [str(t) for t in sweep.targets], "rescored": rescore,

@@ -59,19 +59,11 @@ def ensure_private_ray_token(log=print) -> Path | None:
     return path
 
 
-def _local_gcs_address() -> str:
-    """127.0.0.1:<port> for a local Ray's GCS, told to its workers as RAY_ADDRESS. A worker that looks its cluster
-    up without an address (Ray Train's placement-group cleaner asks Ray's state API) otherwise finds every GCS
-    on the machine, and with a second Ray running (another sweep, a test cluster) dies of "Found multiple active
-    Ray instances", which hangs the sweep. The port is a free one (RAY_GCS_SERVER_PORT, read when Ray starts its
-    head; the user's own setting wins)."""
+def _free_loopback_port() -> str:
     import socket
-    port = os.environ.get(GCS_PORT_VARIABLE)
-    if not port:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = str(sock.getsockname()[1])
-    return f"127.0.0.1:{port}"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
 
 
 def start_ray(address: str, num_cpus: int | None = None, resources: dict | None = None, log=print):
@@ -94,9 +86,15 @@ def start_ray(address: str, num_cpus: int | None = None, resources: dict | None 
     else:
         ray_constants.ENABLE_RAY_CLUSTER = False    # what RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 sets at import
         ensure_private_ray_token(log=log)
-        gcs = _local_gcs_address()
+        # Its workers are told RAY_ADDRESS: a worker that looks its cluster up without an address (Ray Train's
+        # placement-group cleaner asks Ray's state API) otherwise finds every GCS on the machine and, beside a
+        # second Ray (another sweep, a test cluster), dies of "Found multiple active Ray instances", which hangs
+        # the sweep. So the GCS gets a port chosen here (RAY_GCS_SERVER_PORT, read as Ray starts its head; the
+        # user's own setting wins).
         users = os.environ.get(GCS_PORT_VARIABLE)
-        os.environ[GCS_PORT_VARIABLE] = gcs.rsplit(":", 1)[1]
+        port = users or _free_loopback_port()
+        gcs = f"127.0.0.1:{port}"
+        os.environ[GCS_PORT_VARIABLE] = port
         try:
             ctx = ray.init(num_cpus=num_cpus, resources=resources, include_dashboard=True, dashboard_host="127.0.0.1",
                            log_to_driver=True, runtime_env={"env_vars": {"RAY_ADDRESS": gcs}})
