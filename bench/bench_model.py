@@ -88,7 +88,7 @@ def matmul_peak(device: torch.device, dtype=torch.float32, seconds: float = 3.0)
     return 2 * n ** 3 * reps / (time.perf_counter() - start)
 
 
-def make_batch(cfg, batch_size, frames, generator, device, text_dim=384):
+def make_batch(cfg, batch_size, frames, generator, device, text_dim):
     lengths = torch.randint(max(1, frames // 5), frames + 1, (batch_size,), generator=generator)
     lengths[0] = frames
     mask = torch.arange(frames)[None] < lengths[:, None]

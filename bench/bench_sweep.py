@@ -32,16 +32,15 @@ sys.path.insert(0, str(ROOT))
 ARMS = {"continue": "(a) continue", "restart": "(b) restart", "tpe": "(c) TPE+ASHA", "random": "(d) random"}
 
 
-def first_hit(summary: dict, met=None) -> float | None:
+def first_hit(summary: dict, met) -> float | None:
     """Timestamp of the first report that met every target, or None. `met(report)`: the sweep's own test
-    (Sweep.targets_met), so a run can be scored against other targets than it ran with (--rescore); default:
-    the `targets_met` the trial reported."""
-    met = met or (lambda h: h.get("targets_met"))
+    (Sweep.targets_met), not the `targets_met` the trial reported, so a run can be scored against other
+    targets than it ran with (--rescore)."""
     hits = [h["timestamp"] for t in summary["trials"] for h in t["history"] if h.get("timestamp") and met(h)]
     return min(hits) if hits else None
 
 
-def trial_epochs_to_target(summary: dict, met=None) -> tuple[int, bool]:
+def trial_epochs_to_target(summary: dict, met) -> tuple[int, bool]:
     """Epoch reports of all trials up to the first report that met every target (all of them if none did)."""
     rows = [h for t in summary["trials"] for h in t["history"] if h.get("epoch") and h.get("timestamp")]
     first = first_hit(summary, met)
@@ -50,22 +49,19 @@ def trial_epochs_to_target(summary: dict, met=None) -> tuple[int, bool]:
     return sum(1 for h in rows if h["timestamp"] <= first), True
 
 
-def sweep_start(sweep_dir: Path) -> float | None:
-    """When the sweep's Tuner started (clock.json's first segment, run.TrialClock)."""
-    try:
-        return json.loads((sweep_dir / "clock.json").read_text())["segments"][0]["start"]
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
-        return None
-
-
-def seconds_to_target(summary: dict, sweep_dir: Path, met=None) -> float | None:
-    first, start = first_hit(summary, met), sweep_start(sweep_dir)
-    return first - start if first is not None and start is not None else None
+def seconds_to_target(summary: dict, sweep_dir: Path, met) -> float | None:
+    """From the sweep's start (its clock's first segment: when the Tuner first started) to the first hit."""
+    from cmdm.run_files import SweepFiles
+    from cmdm.tuning.run import TrialClock
+    segments = TrialClock.segments(SweepFiles(sweep_dir).clock)
+    first = first_hit(summary, met)
+    return first - segments[0]["start"] if first is not None and segments else None
 
 
 def remedy_records(sweep_dir: Path) -> list[dict]:
     """The remedies the doctor queued (remedies.jsonl): how many continued a line, from which epoch."""
-    path = sweep_dir / "remedies.jsonl"
+    from cmdm.run_files import SweepFiles
+    path = SweepFiles(sweep_dir).remedies
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -119,7 +115,11 @@ def run_arm(path: str, overrides: list[str], arm: str, seed: int, full: bool = F
             "ray_start_s": summary.get("ray_start_seconds"), "total_s": time.time() - t0}
 
 
-def print_table(rows: list[dict], seeds: list[int], arms: list[str]) -> None:
+def print_table(rows: list[dict]) -> None:
+    """Every seed and arm the rows hold, side by side, then the all-seeds ratios against the issue's goals."""
+    seeds = sorted({r["seed"] for r in rows})
+    arms = [a for a in ARMS if any(r["arm"] == a for r in rows)]
+
     def get(seed, arm):
         return next((r for r in rows if r["seed"] == seed and r["arm"] == arm), None)
 
@@ -131,10 +131,10 @@ def print_table(rows: list[dict], seeds: list[int], arms: list[str]) -> None:
                 else f">= {r['trial_epochs']} (not met in {r['trials']} trials)")
 
     def ratio(a, b):
-        if a is None or b is None:
+        if a is None or b is None or not a["target_met"]:    # a missed: its count is no bound
             return "-"
-        bound = "" if b["target_met"] and a["target_met"] else ("<= " if a["target_met"] else "?")
-        return "?" if bound == "?" else f"{bound}{a['trial_epochs'] / b['trial_epochs']:.2f}"
+        bound = "" if b["target_met"] else "<= "              # b missed: its count is a lower bound
+        return f"{bound}{a['trial_epochs'] / b['trial_epochs']:.2f}"
 
     ratios = [(x, y) for x, y in (("continue", "random"), ("continue", "restart")) if x in arms and y in arms]
     head = ["seed"] + [f"{ARMS[a]}: trial-epochs / s to target" for a in arms] \
@@ -184,8 +184,7 @@ def main(argv=None) -> int:
         args.overrides, args.sweep = [args.sweep, *args.overrides], str(ROOT / "sweeps" / "demo_symptoms.yaml")
     out = Path(args.out)
     if args.table:
-        rows = json.loads(out.read_text())
-        print_table(rows, sorted({r["seed"] for r in rows}), [a for a in ARMS if any(r["arm"] == a for r in rows)])
+        print_table(json.loads(out.read_text()))
         return 0
     from cmdm.atomic import atomic_write_text
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -198,7 +197,7 @@ def main(argv=None) -> int:
             rows = [r for r in rows if (r["seed"], r["arm"]) != (seed, arm)] + [row]
             print(json.dumps(row), flush=True)
             atomic_write_text(out, json.dumps(rows, indent=2) + "\n")
-    print_table(rows, sorted({r["seed"] for r in rows}), [a for a in ARMS if any(r["arm"] == a for r in rows)])
+    print_table(rows)
     return 0
 
 

@@ -6,8 +6,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-GCS_PORT_VARIABLE = "RAY_GCS_SERVER_PORT"   # ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE: the port of a head's GCS
-
 RAY_TOKEN_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")   # a token setting of the user's
 
 
@@ -91,16 +89,17 @@ def start_ray(address: str, num_cpus: int | None = None, resources: dict | None 
         # second Ray (another sweep, a test cluster), dies of "Found multiple active Ray instances", which hangs
         # the sweep. So the GCS gets a port chosen here (RAY_GCS_SERVER_PORT, read as Ray starts its head; the
         # user's own setting wins).
-        users = os.environ.get(GCS_PORT_VARIABLE)
+        variable = ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE
+        users = os.environ.get(variable)
         port = users or _free_loopback_port()
         gcs = f"127.0.0.1:{port}"
-        os.environ[GCS_PORT_VARIABLE] = port
+        os.environ[variable] = port
         try:
             ctx = ray.init(num_cpus=num_cpus, resources=resources, include_dashboard=True, dashboard_host="127.0.0.1",
                            log_to_driver=True, runtime_env={"env_vars": {"RAY_ADDRESS": gcs}})
         finally:                                     # this process's next local Ray picks its own port
             if users is None:
-                os.environ.pop(GCS_PORT_VARIABLE, None)
+                os.environ.pop(variable, None)
         if ctx.address_info.get("gcs_address") != gcs:
             log(f"[ray] warning: the local Ray's GCS is at {ctx.address_info.get('gcs_address')}, not {gcs}: with a "
                 "second Ray on this machine, Ray Train's helpers may not find this one")
