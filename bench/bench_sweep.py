@@ -76,6 +76,28 @@ def overhead(summary: dict, concurrency: int) -> tuple[float, float, float]:
     return summary["wall_seconds"], lifetimes / max(1, concurrency), compute / max(1, concurrency)
 
 
+def idle_slots(segments: list[dict], concurrency: int) -> dict:
+    """Where Tune's overhead goes: the seconds a trial slot stood empty, split into the sweep's head (its start
+    until every slot has had its first trial), the turnovers (a trial ended, the next one not yet started: Tune
+    stopping the old trial's actors, asking the searcher, starting the new) and the tail (after the last start: no
+    trial left to start). Each part over the sum of the trial lifetimes is its share of the overhead column
+    (wall / (lifetimes / slots) - 1 = empty slot-seconds / lifetimes), so the parts add up to it."""
+    idle = {"head": 0.0, "turnover": 0.0, "tail": 0.0, "turnovers": 0}     # seconds x empty slots
+    for seg in segments:
+        spans = sorted((a, b) for a, b in seg.get("trials", {}).values())
+        if not spans:
+            continue
+        slots_filled, last_start = spans[min(concurrency, len(spans)) - 1][0], spans[-1][0]
+        points = sorted({seg["start"], seg["last"], *(t for span in spans for t in span)})
+        for a, b in zip(points, points[1:]):
+            running = sum(1 for s, e in spans if s <= a and e >= b)
+            empty = max(0, concurrency - running) * (b - a)
+            part = "head" if b <= slots_filled else "tail" if a >= last_start else "turnover"
+            idle[part] += empty
+        idle["turnovers"] += max(0, len(spans) - concurrency)
+    return idle
+
+
 def arm_sweep(path: str, overrides: list[str], arm: str, seed: int, full: bool = False):
     """The sweep file as this arm runs it, in its own folder."""
     from cmdm.tuning.sweep_file import load_sweep
@@ -104,6 +126,9 @@ def run_arm(path: str, overrides: list[str], arm: str, seed: int, full: bool = F
     epochs, met = trial_epochs_to_target(summary, hit)
     wall, lifetimes, compute = overhead(summary, sweep.max_concurrent_trials)
     remedies = remedy_records(sweep.sweep_dir)
+    from cmdm.run_files import SweepFiles
+    from cmdm.tuning.run import TrialClock
+    idle = idle_slots(TrialClock.segments(SweepFiles(sweep.sweep_dir).clock), sweep.max_concurrent_trials)
     return {"seed": seed, "arm": arm, "trial_epochs": epochs, "target_met": met,
             "seconds_to_target": seconds_to_target(summary, sweep.sweep_dir, hit), "trials": len(summary["trials"]),
             "targets": [str(t) for t in sweep.targets], "rescored": rescore,
@@ -112,6 +137,9 @@ def run_arm(path: str, overrides: list[str], arm: str, seed: int, full: bool = F
             "wall_s": wall, "trial_lifetimes_s": lifetimes, "compute_s": compute,
             "overhead": wall / lifetimes - 1 if lifetimes else None,
             "overhead_with_startup": wall / compute - 1 if compute else None,
+            **{f"overhead_{k}": idle[k] / (lifetimes * sweep.max_concurrent_trials) if lifetimes else None
+               for k in ("head", "turnover", "tail")},
+            "turnover_s": idle["turnover"] / idle["turnovers"] if idle["turnovers"] else None,
             "ray_start_s": summary.get("ray_start_seconds"), "total_s": time.time() - t0}
 
 
@@ -165,6 +193,12 @@ def print_table(rows: list[dict]) -> None:
             print(f"{ARMS[a]}: Tune's overhead {sum(r['overhead'] for r in mine) / len(mine):.1%} around the trials "
                   f"(goal <= 5%), {sum(r['overhead_with_startup'] for r in mine) / len(mine):.1%} counting each "
                   f"trial's start-up")
+        split = [r for r in mine if r.get("overhead_turnover") is not None]
+        if split:
+            mean = {k: sum(r[f"overhead_{k}"] for r in split) / len(split) for k in ("head", "turnover", "tail")}
+            turn = [r["turnover_s"] for r in split if r.get("turnover_s") is not None]
+            print(f"    of which: sweep start {mean['head']:.1%}, turnovers {mean['turnover']:.1%}"
+                  + (f" ({sum(turn) / len(turn):.1f} s each)" if turn else "") + f", tail {mean['tail']:.1%}")
 
 
 def main(argv=None) -> int:

@@ -351,6 +351,27 @@ def test_a_diagnosis_makes_the_remedy_the_next_suggestion(tmp_path):
     assert len(searcher.remedies) == 1
 
 
+def test_a_remedy_that_repeats_a_queued_point_is_said_once_and_not_queued(tmp_path, capsys):
+    """No Ray: with priors, the stable trial's oscillation remedy (lr x2/3) is the lr_down prior, queued already:
+    the doctor says so once, and queues nothing new."""
+    sweep = _unit_sweep(tmp_path, priors=True)
+    searcher, priors = build_searcher_quietly(sweep)
+    assert [name for name, _ in priors][:2] == ["stable", "lr_down"]
+    stable = searcher.suggest("t1")
+    assert stable == priors[0][1]
+    result = {"best_fid": 5.0, "training_iteration": 3, "diagnosis": ["loss_oscillating"]}
+    for _ in range(2):
+        searcher.on_trial_result("t1", result)
+    said = [line for line in capsys.readouterr().out.splitlines() if "queued before" in line]
+    assert len(said) == 1 and "trial t1: loss_oscillating" in said[0] and "training.lr=" in said[0]
+    assert searcher.remedies == [] and len(searcher.queued) == len(priors)
+
+
+def build_searcher_quietly(sweep):
+    from cmdm.tuning.search import build_searcher
+    return build_searcher(sweep, storage_url=None, log=lambda *a: None)
+
+
 def _unit_sweep(tmp_path, **extra):
     from cmdm.tuning.sweep_file import load_sweep
     spec = {"name": "unit", "base": str(ROOT / "configs" / "demo.yaml"), "output_root": str(tmp_path),

@@ -51,6 +51,7 @@ class RuleGuidedSearch(OptunaSearch):
         self.max_epochs = max_epochs          # the trials' training.max_epochs (unless the space searches it)
         self.pending_forks: list[dict] = []   # forks whose remedy point Optuna has not suggested yet
         self.forked: dict[str, str] = {}      # parent trial id -> rule: its line goes on in a remedy trial
+        self.declined: set[tuple[str, str]] = set()   # (trial id, rule) whose remedy point was queued before
         self._trial_params: dict[str, dict] = {}
 
     def suggest(self, trial_id):
@@ -106,7 +107,14 @@ class RuleGuidedSearch(OptunaSearch):
             if name not in rules or (trial_id, name) in done:
                 continue
             point = apply_remedy(params, rules[name], self.sweep_space)
-            if point is None or not self.queue(point):
+            if point is None:
+                continue
+            if not self.queue(point):         # a prior or another trial's remedy: it runs (or ran) anyway
+                if (trial_id, name) not in self.declined:
+                    self.declined.add((trial_id, name))
+                    moved = ", ".join(f"{k}={format_value(v)}" for k, v in point.items() if v != params.get(k))
+                    print(f"[doctor] trial {trial_id}: {name} ({rules[name].cause}); its remedy {moved} was "
+                          "queued before (a prior or another trial's remedy), nothing new queued", flush=True)
                 continue
             record = {"trial_id": trial_id, "rule": name, "from": params, "point": point}
             moved = ", ".join(f"{k}={format_value(v)}" for k, v in point.items() if point[k] != params.get(k))
