@@ -12,8 +12,6 @@ import stat
 import tempfile
 from pathlib import Path
 
-import torch
-
 
 def current_umask() -> int:
     """The process's umask, read without changing it where the system tells (Linux /proc)."""
@@ -52,12 +50,14 @@ def _replace_with(path, write) -> None:
 
 def torch_bytes(obj) -> bytes:
     """What torch.save would write for obj (to hash it before it is on disk)."""
+    import torch      # here, not with the module: the sweep's light processes (Train's controller) import this one
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()
 
 
 def atomic_torch_save(obj, path) -> None:
+    import torch
     _replace_with(path, lambda tmp: torch.save(obj, tmp))
 
 

@@ -31,7 +31,6 @@ from pathlib import Path
 
 from cmdm.atomic import atomic_write_bytes, atomic_write_text, torch_bytes
 from cmdm.config import Config, config_to_dict
-from cmdm.model.checkpoint import CheckpointError, read_checkpoint
 
 CHECKPOINT_VERSION = 1
 
@@ -120,6 +119,7 @@ def read_best(checkpoints_dir) -> dict | None:
         on_disk = None
     if isinstance(on_disk, dict) and on_disk.get("checkpoint_sha256") == sha:
         return on_disk
+    from cmdm.checkpoint_file import CheckpointError, read_checkpoint     # torch: only on this path
     try:
         obj = read_checkpoint(best)
     except CheckpointError:

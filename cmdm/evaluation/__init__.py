@@ -10,12 +10,6 @@
 Modules, each importing only those before it: metrics (arrays only), networks (the official layout),
 word_vectorizer, evaluator (the class, its file format, loading a saved one: `load_evaluator(cfg)`), sanity
 (corrupted-motion checks), fit (fitting one; `prepare_evaluator(cfg)`, the driver's step), generate (sample + embed + score: what the loop and the CLI share).
+The package itself imports none of them: the sweep's light processes (Ray Train's controller, through the
+doctor's metric directions in `metrics`) must not pay for torch.
 """
-from cmdm.checkpoint_file import CheckpointError
-from cmdm.evaluation import metrics
-from cmdm.evaluation.evaluator import Evaluator, load_fitted_evaluator, load_official_evaluator
-from cmdm.evaluation.networks import EvaluatorSizes
-from cmdm.evaluation.word_vectorizer import VocabularyError
-
-__all__ = ["metrics", "Evaluator", "EvaluatorSizes", "load_fitted_evaluator", "load_official_evaluator",
-           "CheckpointError", "VocabularyError"]
