@@ -388,8 +388,9 @@ def tensorboard_writer(files: RunFiles):
     return SummaryWriter(str(files.logs))
 
 
-def build(cfg: Config, files: RunFiles) -> tuple[Worker, TrainState]:
-    """Data, model, diffusion, optimiser, lr schedule, EMA and logs of this worker, seeded per rank."""
+def build(cfg: Config, files: RunFiles, shared_data: list | None = None) -> tuple[Worker, TrainState]:
+    """Data, model, diffusion, optimiser, lr schedule, EMA and logs of this worker, seeded per rank.
+    `shared_data`: [ObjectRef] of a sweep's train/test clips (cmdm.tuning.run.share_dataset), else read here."""
     t_enter = time.time()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -401,8 +402,11 @@ def build(cfg: Config, files: RunFiles) -> tuple[Worker, TrainState]:
     np.random.seed(cfg.seed + rank)
 
     # -------- data
-    train_set = dataset_from_config(cfg.data, "train", train=True, seed=cfg.seed, progress=rank == 0)
-    test_set = dataset_from_config(cfg.data, "test", train=False, seed=cfg.seed, progress=rank == 0)
+    clips = ray.get(shared_data[0]) if shared_data else {}      # read-only arrays in Ray's object store
+    train_set = dataset_from_config(cfg.data, "train", train=True, seed=cfg.seed, progress=rank == 0,
+                                    clips=clips.get("train"))
+    test_set = dataset_from_config(cfg.data, "test", train=False, seed=cfg.seed, progress=rank == 0,
+                                   clips=clips.get("test"))
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
                                  drop_last=True)
     loader = DataLoader(train_set, batch_size=cfg.task.train.batch_size, sampler=sampler, collate_fn=collate,
@@ -443,7 +447,8 @@ def build(cfg: Config, files: RunFiles) -> tuple[Worker, TrainState]:
              f"rank 0 on Ray node {ray.get_runtime_context().get_node_id()[:12]}")
     t_built = time.time()
     since = record_startup(files, t_enter, t_built) if rank == 0 else ""
-    log.info(f"Set-up in this worker: {t_built - t_enter:.1f} s (data {t_model - t_enter:.1f} s, "
+    shared = "" if train_set.read_files or test_set.read_files else ", the sweep's copy in Ray's object store"
+    log.info(f"Set-up in this worker: {t_built - t_enter:.1f} s (data {t_model - t_enter:.1f} s{shared}, "
              f"model and the rest {t_built - t_model:.1f} s)" + since)
     return worker, state
 
@@ -713,9 +718,10 @@ def finish(worker: Worker, state: TrainState, last_report: dict) -> None:
 
 def train_loop_per_worker(loop_config: dict) -> None:
     """What each Ray worker runs. loop_config: {'config': Config as dict, 'run_dir': abs path,
-    'init_from': optional weights path, 'partial': bool, 'fork': optional line to continue (continue_line)}."""
+    'init_from': optional weights path, 'partial': bool, 'fork': optional line to continue (continue_line),
+    'shared_data': optional [ObjectRef] of a sweep's clips (build)}."""
     cfg = config_from_dict(loop_config["config"], source="run config")
-    worker, state = build(cfg, RunFiles(loop_config["run_dir"]))
+    worker, state = build(cfg, RunFiles(loop_config["run_dir"]), loop_config.get("shared_data"))
     resume(worker, state, loop_config.get("init_from"), bool(loop_config.get("partial")), loop_config.get("fork"))
 
     if state.stop_reason or state.epoch >= cfg.training.max_epochs:     # a rerun of a run that has ended
@@ -832,17 +838,18 @@ def check_init_from(cfg: Config, init_from: str | None, partial: bool) -> None:
 
 
 def make_trainer(cfg: Config, files: RunFiles, *, init_from: str | None = None, partial: bool = False,
-                 callbacks=(), fork: dict | None = None):
+                 callbacks=(), fork: dict | None = None, shared_data: list | None = None):
     """The TorchTrainer of one run (train_ray.py) or one sweep trial: workers and their resources, Ray's
     checkpoints under files.ray (what a retried worker group resumes from), worker-failure retries. `fork`: the
-    line a sweep's remedy trial continues ({kind, checkpoint, parent, ...}, see continue_line)."""
+    line a sweep's remedy trial continues ({kind, checkpoint, parent, ...}, see continue_line); `shared_data`: a
+    sweep's [ObjectRef] of its train/test clips (build)."""
     per_worker = {"CPU": cfg.ray.cpus_per_worker}
     if cfg.ray.use_gpu:
         per_worker["GPU"] = cfg.ray.gpus_per_worker or 1
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config_to_dict(cfg), "run_dir": str(files.root),
-                           "init_from": init_from, "partial": partial, "fork": fork},
+                           "init_from": init_from, "partial": partial, "fork": fork, "shared_data": shared_data},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
                                                resources_per_worker=per_worker,
                                                placement_strategy=cfg.ray.placement_strategy),

@@ -240,3 +240,40 @@ def test_malformed_contact_file(root, tmp_path):
 def test_nothing_passes_the_filter(root):
     with pytest.raises(DataError, match="length filter"):
         make(root, min_motion_len=180, max_motion_len=200)
+
+
+# ---------------------------------------------------------------- clips read once, shared (a sweep's object store)
+
+def _items(ds):
+    return [ds[i] for i in range(len(ds))]
+
+
+def test_shared_clips_through_ray_give_the_same_items_as_the_files(root):
+    """A sweep reads a split once (read_clips) and its trials take it from Ray's object store: the dataset made
+    from that copy (read-only arrays in shared memory) serves exactly what one reading the files serves."""
+    import ray
+    from cmdm.data.humanml3d import read_clips
+    clips = read_clips(root, "train", progress=False)
+    assert [c[0] for c in clips.clips] == ["012314", "012314#0", "000003"] and clips.num_filtered == 3
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        shared = ray.get(ray.put(clips))
+    finally:
+        ray.shutdown()
+    assert not shared.motions["012314"].flags.writeable      # zero-copy, not a private copy
+    files, from_store = make(root, train=False), make(root, train=False, clips=shared)
+    assert [e.name for e in from_store.entries] == [e.name for e in files.entries]
+    for a, b in zip(_items(files), _items(from_store)):
+        assert a["id"] == b["id"] and a["text"] == b["text"] and a["length"] == b["length"]
+        assert torch.equal(a["motion"], b["motion"]) and torch.equal(a["contact"], b["contact"])
+    assert from_store.num_filtered == files.num_filtered
+
+
+def test_shared_clips_of_other_filters_or_split_are_not_used(root):
+    """A trial whose data.* settings differ from the sweep's (here the length filter) reads its own files."""
+    from cmdm.data.humanml3d import read_clips
+    clips = read_clips(root, "train", progress=False)
+    longer = make(root, max_motion_len=300, clips=clips)         # keeps the 250-frame motion the copy filtered out
+    assert "000004" in [e.name for e in longer.entries]
+    test = make(root, "test", clips=clips)                       # another split: its own file list
+    assert {e.motion_id for e in test.entries} == {"012314", "000003"}

@@ -111,6 +111,8 @@ def test_study_report_and_tensorboard_files(swept):
         assert (d / "report" / name).stat().st_size > 1000, name
     for run in (d / "trials").iterdir():
         assert list((run / "logs").glob("events.out.tfevents*")) and (run / "config.yaml").is_file()
+        # the trials' workers took the clips the sweep read once, not their own copy of every file
+        assert "the sweep's copy in Ray's object store" in (run / "logs" / "runtime.log").read_text(), run
     assert (d / "sweep.yaml").is_file() and json.loads((d / "sweep.json").read_text())["metric"] == "fid"
 
 

@@ -310,6 +310,75 @@ class Entry:
     captions: list
 
 
+@dataclass
+class SplitClips:
+    """A split's (sub-)clips as read from its files, before any per-item draw: what MotionDataset serves.
+
+    Each file's motion is held once and a sub-clip is (motion id, first frame, end frame), so the whole split
+    pickles in one piece without copies. A sweep reads it once in its driver and shares it with every trial
+    through Ray's object store (cmdm.tuning.run), instead of each trial re-reading thousands of files.
+    """
+    root: str
+    split: str
+    filters: tuple            # (min_motion_len, max_motion_len, use_contacts): what decides the clips
+    mean: np.ndarray
+    std: np.ndarray
+    motions: dict             # motion id -> (T, 263) raw features of the whole file
+    clips: list               # (name, motion id, first frame, end frame, captions)
+    num_filtered: int         # (sub-)clips dropped by the length filter
+
+    def serves(self, root, split: str, filters: tuple) -> bool:
+        return (str(Path(root).resolve()), split, tuple(filters)) == (self.root, self.split, self.filters)
+
+    def entries(self) -> list[Entry]:
+        return [Entry(name, mid, self.motions[mid][a:b], caps) for name, mid, a, b, caps in self.clips]
+
+
+def read_clips(root, split: str, *, min_motion_len=40, max_motion_len=200, use_contacts=True,
+               progress=True) -> SplitClips:
+    """Read a split's files into its (sub-)clips: the length filter and sub-clips of HumanML3D's loader, and with
+    use_contacts a check of each clip's contact file (so a bad one fails now, not mid-epoch)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"Dataset folder {root} does not exist. {DOWNLOAD_HINT}")
+    mean, std = load_mean_std(root)
+    ids = read_split(root, split)
+    _check_motions_exist(root, split, ids)
+    motions, clips, num_filtered = {}, [], 0
+    for motion_id in tqdm(ids, desc=f"loading {split}", disable=not progress, leave=False):
+        motion = load_features(root / "new_joint_vecs" / f"{motion_id}.npy")
+        captions = read_captions(root / "texts" / f"{motion_id}.txt")
+        # As HumanML3D's loader: the whole motion must pass the length filter before any of its
+        # sub-clips is considered (this fixes the test-set composition the published numbers use).
+        if len(motion) < min_motion_len or len(motion) >= max_motion_len:
+            num_filtered += 1
+            continue
+        kept = False
+        whole = [c for c in captions if c.whole_clip]
+        if whole:
+            clips.append((motion_id, motion_id, 0, len(motion), whole))
+            kept = True
+        for k, cap in enumerate(c for c in captions if not c.whole_clip):
+            a, b = int(cap.start * FPS), int(cap.end * FPS)
+            if min_motion_len <= len(motion[a:b]) < max_motion_len:
+                clips.append((f"{motion_id}#{k}", motion_id, a, b, [cap]))
+                kept = True
+            else:
+                num_filtered += 1
+        if kept:
+            motions[motion_id] = motion
+        if use_contacts:  # fail now, not mid-epoch, on a missing or malformed contact file
+            check_contact_file(root / "contacts" / f"{motion_id}.npz")
+    if not clips:
+        raise DataError(
+            f"No motion of {root / (split + '.txt')} passes the length filter "
+            f"{min_motion_len} <= T < {max_motion_len} ({num_filtered} filtered out). "
+            "Check data.min_motion_len / data.max_motion_len."
+        )
+    return SplitClips(str(root.resolve()), split, (min_motion_len, max_motion_len, use_contacts), mean, std,
+                      motions, clips, num_filtered)
+
+
 class MotionDataset(Dataset):
     """HumanML3D-layout dataset: length filter, sub-clips, crop to unit length, normalise, pad, mask, contacts.
 
@@ -317,50 +386,28 @@ class MotionDataset(Dataset):
     `train=True` seeds that draw from torch's RNG (so a DataLoader worker's seed, and a resumed run's
     restored RNG, fix it); `train=False` seeds it from (seed, index), so an evaluation is repeatable and
     another `seed` gives another draw of the same test set (the GT row and replications rely on it).
+    `clips`: the split already read (read_clips, e.g. shared by a sweep), used when it was read from the same
+    folder and split with the same filters; otherwise the files are read.
     """
 
     def __init__(self, root, split: str, *, min_motion_len=40, max_motion_len=200, max_frames=196,
                  unit_length=4, use_contacts=True, contact_num_points=8192, contact_sigma=0.8,
-                 contact_joints=(0, 10, 11, 12, 20, 21), train=True, seed=0, progress=True):
+                 contact_joints=(0, 10, 11, 12, 20, 21), train=True, seed=0, progress=True,
+                 clips: SplitClips | None = None):
         self.root = Path(root)
-        if not self.root.is_dir():
-            raise DataError(f"Dataset folder {self.root} does not exist. {DOWNLOAD_HINT}")
         self.split, self.train, self.seed = split, train, seed
         self.max_frames, self.unit_length = max_frames, unit_length
         self.use_contacts = use_contacts
         self.contact_num_points, self.contact_sigma = contact_num_points, contact_sigma
         self.contact_joints = list(contact_joints)
-        self.mean, self.std = load_mean_std(self.root)
-
-        ids = read_split(self.root, split)
-        _check_motions_exist(self.root, split, ids)
-        self.entries: list[Entry] = []
-        self.num_filtered = 0  # (sub-)clips dropped by the length filter
-        for motion_id in tqdm(ids, desc=f"loading {split}", disable=not progress, leave=False):
-            motion = load_features(self.root / "new_joint_vecs" / f"{motion_id}.npy")
-            captions = read_captions(self.root / "texts" / f"{motion_id}.txt")
-            # As HumanML3D's loader: the whole motion must pass the length filter before any of its
-            # sub-clips is considered (this fixes the test-set composition the published numbers use).
-            if len(motion) < min_motion_len or len(motion) >= max_motion_len:
-                self.num_filtered += 1
-                continue
-            whole = [c for c in captions if c.whole_clip]
-            if whole:
-                self.entries.append(Entry(motion_id, motion_id, motion, whole))
-            for k, cap in enumerate(c for c in captions if not c.whole_clip):
-                clip = motion[int(cap.start * FPS):int(cap.end * FPS)]
-                if min_motion_len <= len(clip) < max_motion_len:
-                    self.entries.append(Entry(f"{motion_id}#{k}", motion_id, clip, [cap]))
-                else:
-                    self.num_filtered += 1
-            if use_contacts:  # fail now, not mid-epoch, on a missing or malformed contact file
-                check_contact_file(self.root / "contacts" / f"{motion_id}.npz")
-        if not self.entries:
-            raise DataError(
-                f"No motion of {self.root / (split + '.txt')} passes the length filter "
-                f"{min_motion_len} <= T < {max_motion_len} ({self.num_filtered} filtered out). "
-                "Check data.min_motion_len / data.max_motion_len."
-            )
+        filters = (min_motion_len, max_motion_len, use_contacts)
+        self.read_files = clips is None or not clips.serves(root, split, filters)   # False: served from `clips`
+        if self.read_files:
+            clips = read_clips(root, split, min_motion_len=min_motion_len, max_motion_len=max_motion_len,
+                               use_contacts=use_contacts, progress=progress)
+        self.mean, self.std = clips.mean, clips.std
+        self.entries: list[Entry] = clips.entries()
+        self.num_filtered = clips.num_filtered  # (sub-)clips dropped by the length filter
         self._contacts: dict = {}
 
     def __len__(self):
@@ -416,14 +463,22 @@ def collate(items: list[dict]) -> dict:
     return batch
 
 
-def dataset_from_config(data_cfg, split: str, train: bool, seed: int = 0, progress: bool = True) -> MotionDataset:
+def clips_from_config(data_cfg, split: str, progress: bool = True) -> SplitClips:
+    """read_clips of the dataset a config names (what dataset_from_config(..., clips=) accepts)."""
+    return read_clips(data_cfg.root, split, min_motion_len=data_cfg.min_motion_len,
+                      max_motion_len=data_cfg.max_motion_len, use_contacts=data_cfg.use_contacts, progress=progress)
+
+
+def dataset_from_config(data_cfg, split: str, train: bool, seed: int = 0, progress: bool = True,
+                        clips: SplitClips | None = None) -> MotionDataset:
     """Open the dataset a config names. It only reads: the embedded synthetic set is generated by the driver's
-    preparation (`cmdm.prepare.prepare`) before any reader opens it, and a missing folder is a DataError."""
+    preparation (`cmdm.prepare.prepare`) before any reader opens it, and a missing folder is a DataError.
+    `clips`: that split already read (a sweep's shared copy), used if it matches the config."""
     return MotionDataset(
         data_cfg.root, split,
         min_motion_len=data_cfg.min_motion_len, max_motion_len=data_cfg.max_motion_len,
         max_frames=data_cfg.max_frames, unit_length=data_cfg.unit_length,
         use_contacts=data_cfg.use_contacts, contact_num_points=data_cfg.contact_num_points,
         contact_sigma=data_cfg.contact_sigma, contact_joints=data_cfg.contact_joints,
-        train=train, seed=seed, progress=progress,
+        train=train, seed=seed, progress=progress, clips=clips,
     )

@@ -31,6 +31,7 @@ from ray.tune.stopper import CombinedStopper
 
 from cmdm.atomic import atomic_write_text
 from cmdm.config import absolute_paths
+from cmdm.data.humanml3d import clips_from_config
 from cmdm.evaluation.metrics import improves
 from cmdm.preflight import check_cluster
 from cmdm.prepare import check_data_root, prepare
@@ -204,12 +205,35 @@ def write_sweep_files(sweep: Sweep) -> None:
     atomic_write_text(files.sweep_json, json.dumps(info, indent=2) + "\n")
 
 
+def share_dataset(sweep: Sweep, log=print) -> list | None:
+    """The base config's train and test splits read once, here, and put in Ray's object store: every trial's
+    workers take them from there (no copy on this node; Ray fetches them once per other node) instead of each
+    re-reading thousands of files. A list holding the ObjectRef, so that tune.with_parameters passes the
+    reference on rather than the data; a trial whose data.* settings differ reads its own files (SplitClips).
+    None (each trial reads its files) when the motions would fill more than a quarter of the object store."""
+    t0 = time.time()
+    data = absolute_paths(sweep.base_config).data
+    clips = {split: clips_from_config(data, split, progress=False) for split in ("train", "test")}
+    size = sum(m.nbytes for c in clips.values() for m in c.motions.values())
+    store = min((n["Resources"].get("object_store_memory", 0) for n in ray.nodes() if n["Alive"]), default=0)
+    if size > store / 4:
+        log(f"Data: each trial reads its own files ({size / 2**20:.0f} MiB of motions is more than a quarter of the "
+            f"smallest node's Ray object store, {store / 2**20:.0f} MiB)")
+        return None
+    ref = ray.put(clips)
+    log(f"Data: {sum(len(c.clips) for c in clips.values())} train and test clips read once ({time.time() - t0:.1f} s, "
+        f"{size / 2**20:.0f} MiB of motions) and shared with every trial through Ray's object store")
+    return [ref]
+
+
 def make_tuner(sweep: Sweep, *, strategy: str, resume: bool, driver_resources: dict, storage_url: str,
-               stopper: TargetStopper, clock: TrialClock, log=print) -> tune.Tuner:
+               stopper: TargetStopper, clock: TrialClock, shared_data: list | None = None,
+               log=print) -> tune.Tuner:
     """The sweep's Tuner: the searcher and ASHA over the trial driver ("rules"), or Tune's random search with every
     trial run to its end ("random", the baseline); on --resume, the experiment in the sweep folder."""
     files = SweepFiles(sweep.sweep_dir)
-    trainable = tune.with_resources(tune.with_parameters(trial_driver, sweep=sweep), driver_resources)
+    trainable = tune.with_resources(tune.with_parameters(trial_driver, sweep=sweep, shared_data=shared_data),
+                                    driver_resources)
     if resume:
         log(f"Resuming {files.tune}: finished trials are kept, unfinished ones continue from their last checkpoint.")
         return tune.Tuner.restore(str(files.tune), trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -287,7 +311,8 @@ def run_sweep(sweep: Sweep, *, address: str = "", resume: bool = False, strategy
     if not resume:                         # the wall time counts every run of the sweep
         atomic_write_text(files.clock, json.dumps({"segments": []}) + "\n")
     tuner = make_tuner(sweep, strategy=strategy, resume=resume, driver_resources=driver_res, storage_url=storage_url,
-                       stopper=stopper, clock=TrialClock(files.clock), log=log)
+                       stopper=stopper, clock=TrialClock(files.clock), shared_data=share_dataset(sweep, log=log),
+                       log=log)
     grid = tuner.fit()
     clock = TrialClock.from_file(files.clock)    # what the callback Tune ran (maybe a restored copy) wrote
     summary = summarise(sweep, grid, clock.wall_seconds(), clock=clock, targets_met_at=stopper.met_at,

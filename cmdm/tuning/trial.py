@@ -66,9 +66,10 @@ def lineage_line(fork: dict) -> str:
             f"remedy {fork['rule']}: {changes or 'no searched value moved'}")
 
 
-def trial_driver(params: dict, sweep: Sweep) -> None:
+def trial_driver(params: dict, sweep: Sweep, shared_data: list | None = None) -> None:
     """One trial: the sweep's base config + `params`, trained by a TorchTrainer in trials/<trial_id>/. A remedy
-    trial that continues another's line (`_fork` in params, search.py) starts from that trial's checkpoint."""
+    trial that continues another's line (`_fork` in params, search.py) starts from that trial's checkpoint.
+    `shared_data`: [ObjectRef] of the sweep's train/test clips (run.share_dataset), handed on to the workers."""
     # Imported here, not with this module: Ray Train's controller unpickles TrialReportCallback from this module
     # and needs none of the training code (torch's model, data and evaluation modules: seconds per trial).
     from cmdm.train import make_trainer, record_lost_node, worker_error_line
@@ -84,7 +85,7 @@ def trial_driver(params: dict, sweep: Sweep) -> None:
         with open(files.log_file, "a", encoding="utf-8") as f:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {lineage_line(fork)}\n")
     callback = TrialReportCallback(sweep.metric, sweep.targets, sweep.doctor_rules)
-    trainer = make_trainer(cfg, files, callbacks=[callback], fork=fork)
+    trainer = make_trainer(cfg, files, callbacks=[callback], fork=fork, shared_data=shared_data)
     nodes = alive_node_ids()
     try:
         trainer.fit()
