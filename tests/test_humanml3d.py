@@ -277,3 +277,24 @@ def test_shared_clips_of_other_filters_or_split_are_not_used(root):
     assert "000004" in [e.name for e in longer.entries]
     test = make(root, "test", clips=clips)                       # another split: its own file list
     assert {e.motion_id for e in test.entries} == {"012314", "000003"}
+
+
+def test_a_sweep_shares_its_clips_only_when_they_fit_the_object_store(root, monkeypatch):
+    """share_dataset puts the base config's splits in the object store, unless their motions exceed a quarter of
+    the smallest node's store: then it puts nothing and every trial reads its files."""
+    from types import SimpleNamespace
+
+    import ray
+    from cmdm.config import load_config
+    from cmdm.tuning import run
+    cfg = load_config(str(Path(__file__).parents[1] / "configs" / "demo.yaml"), [f"data.root={root}"])
+    sweep = SimpleNamespace(base_config=cfg)
+    put = []
+    monkeypatch.setattr(ray, "put", lambda obj: put.append(obj) or "ref")
+    lines = []
+    for store, shared in ((10**9, ["ref"]), (10**4, None)):      # the motions here are ~0.4 MB
+        monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"object_store_memory": store}},
+                                                   {"Alive": False, "Resources": {}}])
+        assert run.share_dataset(sweep, log=lines.append) == shared
+    assert len(put) == 1 and set(put[0]) == {"train", "test"} and put[0]["test"].split == "test"
+    assert "shared with every trial" in lines[0] and "each trial reads its own files" in lines[1]
