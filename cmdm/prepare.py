@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cmdm.config import Config
-from cmdm.data.humanml3d import DataError, check_dataset, dataset_from_config
+from cmdm.data.humanml3d import DataError, SplitClips, check_dataset, clips_from_config, dataset_from_config
 from cmdm.data.synthetic.writer import ensure_dataset
 from cmdm.evaluation.evaluator import load_evaluator
 from cmdm.evaluation.fit import prepare_evaluator
@@ -20,7 +20,16 @@ def check_data_root(cfg: Config) -> None:
                         "or try the embedded dataset: python train_ray.py configs/demo.yaml")
 
 
-def prepare_data(cfg: Config) -> None:
+def _split(cfg: Config, split: str, read: dict | None) -> SplitClips:
+    """A split's clips, read once per `prepare`: `read` keeps what was read for the later steps (and the caller)."""
+    if read is None:
+        return clips_from_config(cfg.data, split, progress=False)
+    if split not in read:
+        read[split] = clips_from_config(cfg.data, split, progress=False)
+    return read[split]
+
+
+def prepare_data(cfg: Config, read: dict | None = None) -> None:
     """The dataset a config asks for, there and whole: the embedded set generated (or reused) for
     data.name == 'synthetic', then every file checked and the test split large enough to evaluate on."""
     check_data_root(cfg)
@@ -28,25 +37,29 @@ def prepare_data(cfg: Config) -> None:
         ensure_dataset(cfg.data.root, num_clips=cfg.data.synthetic_num_clips, seed=cfg.data.synthetic_seed,
                        num_points=cfg.data.synthetic_num_points)
     check_dataset(cfg.data.root, use_contacts=cfg.data.use_contacts)  # every file, once, before any worker
-    test_set = dataset_from_config(cfg.data, "test", train=False, progress=False)
+    test_set = dataset_from_config(cfg.data, "test", train=False, progress=False, clips=_split(cfg, "test", read))
     if len(test_set) < cfg.evaluation.batch_size:
         raise DataError(f"{Path(cfg.data.root) / 'test.txt'} yields {len(test_set)} test clips, fewer than one "
                         f"R-precision batch (evaluation.batch_size = {cfg.evaluation.batch_size}): add test clips "
                         "(for the synthetic set: a larger data.synthetic_num_clips).")
 
 
-def prepare(cfg: Config, log=print) -> None:
+def prepare(cfg: Config, log=print) -> dict[str, SplitClips]:
     """Make sure the data, the evaluator and the caption features exist before any worker starts (once, in the
-    driver): workers only read them, so every evaluation of a run or a sweep uses the same data and evaluator."""
+    driver): workers only read them, so every evaluation of a run or a sweep uses the same data and evaluator.
+    Returns the splits it read ({split: SplitClips}: the test split, and the train split when the caption
+    features were computed), so that a sweep shares them with its trials without reading them again."""
+    read: dict[str, SplitClips] = {}
     check_data_root(cfg)
     check_config_text_model(cfg)   # before any work: a text model this machine lacks stops the run here
-    prepare_data(cfg)
+    prepare_data(cfg, read)
     prepare_evaluator(cfg, progress=True, log=log)   # fitted and cached for a synthetic / custom set if needed
     load_evaluator(cfg, device="cpu")                # its files readable here, before any worker tries
-    prepare_text_features(cfg, log=log)
+    prepare_text_features(cfg, log=log, read=read)
+    return read
 
 
-def prepare_text_features(cfg: Config, log=print) -> Path | None:
+def prepare_text_features(cfg: Config, log=print, read: dict | None = None) -> Path | None:
     """Encode every train/test caption once with the frozen text encoder and keep the features next to the
     data, so no run or sweep trial spends its first epoch re-encoding them. None if the folder is read-only."""
     path = text_cache_path(cfg)
@@ -55,8 +68,7 @@ def prepare_text_features(cfg: Config, log=print) -> Path | None:
     from tqdm import tqdm
     from cmdm.model.text import TextEncoder
     tm = cfg.model.text_model
-    captions = sorted({c.text for split in ("train", "test")
-                       for e in dataset_from_config(cfg.data, split, train=False, progress=False).entries
+    captions = sorted({c.text for split in ("train", "test") for e in _split(cfg, split, read).entries()
                        for c in e.captions})
     encoder = TextEncoder(tm.name, tm.max_length, tm.output)
     for i in tqdm(range(0, len(captions), 256), desc="text features", unit="x256 captions"):

@@ -298,3 +298,24 @@ def test_a_sweep_shares_its_clips_only_when_they_fit_the_object_store(root, monk
         assert run.share_dataset(sweep, log=lines.append) == shared
     assert len(put) == 1 and set(put[0]) == {"train", "test"} and put[0]["test"].split == "test"
     assert "shared with every trial" in lines[0] and "each trial reads its own files" in lines[1]
+
+
+def test_the_sweep_driver_reads_each_split_once(root, monkeypatch):
+    """prepare_data keeps the test split it read to check its size, and share_dataset puts that same copy in the
+    object store (reading only the split not yet read), instead of reading the files again."""
+    from types import SimpleNamespace
+
+    import ray
+    from cmdm import prepare
+    from cmdm.config import load_config
+    from cmdm.tuning import run
+    cfg = load_config(str(Path(__file__).parents[1] / "configs" / "demo.yaml"),
+                      [f"data.root={root}", "data.name=humanml3d", "evaluation.batch_size=1"])
+    read = {}
+    prepare.prepare_data(cfg, read)
+    assert set(read) == {"test"} and read["test"].split == "test"
+    put = []
+    monkeypatch.setattr(ray, "put", lambda obj: put.append(obj) or "ref")
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"object_store_memory": 10**9}}])
+    assert run.share_dataset(SimpleNamespace(base_config=cfg), read, log=lambda line: None) == ["ref"]
+    assert put[0]["test"] is read["test"] and put[0]["train"].split == "train"

@@ -205,15 +205,17 @@ def write_sweep_files(sweep: Sweep) -> None:
     atomic_write_text(files.sweep_json, json.dumps(info, indent=2) + "\n")
 
 
-def share_dataset(sweep: Sweep, log=print) -> list | None:
+def share_dataset(sweep: Sweep, read: dict | None = None, log=print) -> list | None:
     """The base config's train and test splits read once, here, and put in Ray's object store: every trial's
     workers take them from there (no copy on this node; Ray fetches them once per other node) instead of each
     re-reading thousands of files. A list holding the ObjectRef, so that tune.with_parameters passes the
     reference on rather than the data; a trial whose data.* settings differ reads its own files (SplitClips).
-    None (each trial reads its files) when the motions would fill more than a quarter of the object store."""
+    None (each trial reads its files) when the motions would fill more than a quarter of the object store.
+    `read`: splits the driver's `prepare` already read from the same config ({split: SplitClips}), not read again."""
     t0 = time.time()
     data = absolute_paths(sweep.base_config).data
-    clips = {split: clips_from_config(data, split, progress=False) for split in ("train", "test")}
+    read = read or {}
+    clips = {split: read.get(split) or clips_from_config(data, split, progress=False) for split in ("train", "test")}
     size = sum(m.nbytes for c in clips.values() for m in c.motions.values())
     store = min((n["Resources"].get("object_store_memory", 0) for n in ray.nodes() if n["Alive"]), default=0)
     if size > store / 4:
@@ -289,7 +291,7 @@ def run_sweep(sweep: Sweep, *, address: str = "", resume: bool = False, strategy
         check_fits(sweep.base_config.ray, local_offer(), where=where, prefix="resources.",
                    what="this machine (a local Ray)")
     check_ray_token_settings()
-    prepare(absolute_paths(sweep.base_config))     # data + evaluator once, before any trial starts
+    read = prepare(absolute_paths(sweep.base_config))   # data + evaluator once, before any trial starts
     write_sweep_files(sweep)
 
     t_ray = time.time()
@@ -311,7 +313,7 @@ def run_sweep(sweep: Sweep, *, address: str = "", resume: bool = False, strategy
     if not resume:                         # the wall time counts every run of the sweep
         atomic_write_text(files.clock, json.dumps({"segments": []}) + "\n")
     tuner = make_tuner(sweep, strategy=strategy, resume=resume, driver_resources=driver_res, storage_url=storage_url,
-                       stopper=stopper, clock=TrialClock(files.clock), shared_data=share_dataset(sweep, log=log),
+                       stopper=stopper, clock=TrialClock(files.clock), shared_data=share_dataset(sweep, read, log=log),
                        log=log)
     grid = tuner.fit()
     clock = TrialClock.from_file(files.clock)    # what the callback Tune ran (maybe a restored copy) wrote
