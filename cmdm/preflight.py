@@ -25,8 +25,6 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cmdm.config import Config
-from cmdm.evaluation.evaluator import CHECKPOINT_CANDIDATES, EVALUATOR_FILE
-from cmdm.model.text import text_cache_path
 from cmdm.run_files import file_sha256
 
 MARKER_DIR = ".cmdm-preflight"      # under output_root; the driver's marker files, removed when checked
@@ -66,6 +64,10 @@ def file_fingerprint(path: str | Path) -> str | None:
 
 def needed_files(cfg: Config) -> dict[str, tuple[str, str]]:
     """{config key: (kind, absolute path)} of what every worker reads; kind is 'tree' or 'file'."""
+    # Imported here, in the driver: each node's preflight task imports this module, and torch (which these
+    # modules import) would add seconds to every node's answer.
+    from cmdm.evaluation.evaluator import CHECKPOINT_CANDIDATES, EVALUATOR_FILE
+    from cmdm.model.text import text_cache_path
     ev = cfg.evaluation
     needed = {"data.root": ("tree", cfg.data.root)}
     if cfg.data.name == "humanml3d":

@@ -92,10 +92,10 @@ def test_no_import_cycle_in_cmdm():
 def test_the_sweeps_light_processes_import_no_torch():
     """Ray Train's controller unpickles the trial's report callback (cmdm.tuning.trial) and with it that module's
     imports; torch there costs seconds of every trial's start-up (bench/bench_trial_startup.py, `ctrl init`).
-    A fresh interpreter: this one has torch already."""
+    Likewise each node's preflight task (cmdm.preflight) on a cluster. A fresh interpreter: this one has torch."""
     import subprocess
     import sys
-    code = ("import sys, cmdm.tuning.trial, cmdm.tuning.sweep_file, cmdm.run_files, cmdm.atomic\n"
+    code = ("import sys, cmdm.tuning.trial, cmdm.tuning.sweep_file, cmdm.run_files, cmdm.atomic, cmdm.preflight\n"
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False", "importing the report callback's module (cmdm.tuning.trial) imports torch"
