@@ -29,23 +29,19 @@ def _one_paragraph_error(done: subprocess.CompletedProcess) -> str:
     return " ".join(done.stderr.split())
 
 
-def test_data_only_the_head_has_is_refused_before_any_training(two_nodes, tiny):
+def test_data_and_an_output_root_only_the_head_has_are_refused_before_any_training(two_nodes, tiny):
+    """Both on the head's own disk (the second node's local/ is empty): one paragraph names each problem, and
+    nothing trains. (One run for both: each costs a train_ray.py start on the cluster.)"""
     local = two_nodes.private_paths[0]
     shutil.copytree(tiny / "data", local / "data")       # on the head's disk; the second node's local/ is empty
-    values = tiny_config(tiny, **{"data.root": local / "data", "output_root": two_nodes.shared / "outputs",
+    values = tiny_config(tiny, **{"data.root": local / "data", "output_root": local / "outputs",
                                   "ray.num_workers": 2})
-    err = _one_paragraph_error(_train(two_nodes, values, "private-data"))
+    err = _one_paragraph_error(_train(two_nodes, values, "private"))
     second = two_nodes.node_ids()["second"]
     assert f"(id {second[:12]}) has no {local / 'data'} (data.root)" in err, err
-    assert "do not all see what this run needs" in err and "storage every node mounts at the same path" in err
-    assert not (two_nodes.shared / "outputs" / "private-data" / "logs" / "runtime.log").exists()   # nothing trained
-
-
-def test_an_output_root_on_one_disk_only_is_refused(two_nodes, tiny):
-    values = tiny_config(tiny, **{"output_root": two_nodes.private_paths[0] / "outputs", "ray.num_workers": 2})
-    err = _one_paragraph_error(_train(two_nodes, values, "private-outputs"))
-    second = two_nodes.node_ids()["second"]
     assert f"(id {second[:12]}) does not see the file the driver just wrote in output_root" in err, err
+    assert "do not all see what this run needs" in err and "storage every node mounts at the same path" in err
+    assert not (local / "outputs" / "private" / "logs" / "runtime.log").exists()   # nothing trained
 
 
 def _epoch_losses(run: Path) -> list[float]:

@@ -245,11 +245,11 @@ def test_interrupted_sweep_resumes(tiny, tmp_path):
     restores the searcher, not the scheduler), and the summary agrees with what each trial wrote itself (Tune's
     restored state may predate the finished trial's last report), over the time of both runs."""
     from listening import process_tree
-    # ASHA's only rung is at the 5th evaluation and trials last 6 epochs: the trial interrupted right after its
-    # first checkpoint cannot finish (or be stopped by ASHA) before the kill. Remedies restart, so a diagnosis
+    # ASHA's only rung is at the 3rd evaluation and trials last 4 epochs: the trial interrupted right after its
+    # first checkpoint cannot finish (or be stopped by ASHA) before the kill (0.2 s later; an epoch takes seconds). Remedies restart, so a diagnosis
     # does not stop a trial either (`continue` would: see test_a_diagnosed_trial_is_continued_from_its_checkpoint).
-    path = sweep_file(tiny, tmp_path, "resume-sweep", base_extra={"training.max_epochs": 6}, num_samples=2,
-                      scheduler={"time_attr": "evaluations", "grace_period": 5, "reduction_factor": 2, "max_t": 6},
+    path = sweep_file(tiny, tmp_path, "resume-sweep", base_extra={"training.max_epochs": 4}, num_samples=2,
+                      scheduler={"time_attr": "evaluations", "grace_period": 3, "reduction_factor": 2, "max_t": 4},
                       doctor={"remedy": "restart"})
     d = tmp_path / "outputs" / "resume-sweep"
     t_start = time.time()
@@ -291,13 +291,13 @@ def test_interrupted_sweep_resumes(tiny, tmp_path):
     assert len(summary["trials"]) == 2 and all(t["end"] != "failed" for t in summary["trials"])
     assert first_best.stat().st_mtime == best_mtime                           # the finished trial's best kept
     assert "Resumed from" in (unfinished / "logs" / "runtime.log").read_text()   # the unfinished one continued
-    # Ray restores no scheduler state: ASHA's rung at the 5th evaluation is rebuilt from the finished trial's history,
+    # Ray restores no scheduler state: ASHA's rung at the 3rd evaluation is rebuilt from the finished trial's history,
     # so the resumed trial is judged against it there (stopped if its best is worse, as without the kill)
     assert f"[asha] trial {first.parent.name}: rung records rebuilt" in resumed.stdout, resumed.stdout[-3000:]
     rows = {Path(row["run_dir"]).name: row for row in summary["trials"]}
 
     def best_at_rung(row):
-        return min(h["fid"] for h in row["history"] if h.get("evaluations") and h["evaluations"] <= 5
+        return min(h["fid"] for h in row["history"] if h.get("evaluations") and h["evaluations"] <= 3
                    and isinstance(h.get("fid"), (int, float)))
     worse = best_at_rung(rows[unfinished.name]) > best_at_rung(rows[first.parent.name])
     assert (rows[unfinished.name]["end"] == "stopped by ASHA") == worse, rows[unfinished.name]
@@ -306,7 +306,7 @@ def test_interrupted_sweep_resumes(tiny, tmp_path):
         own_best = json.loads((run / "checkpoints" / "best_metrics.json").read_text())
         assert row["best"]["fid"] == pytest.approx(own_best["fid"]) and row["best_epoch"] == own_best["epoch"]
         if row["end"] == "stopped by ASHA":    # killed by Tune at the rung: no status.json of its own
-            assert row["evaluations"] == 5 and not (run / "status.json").exists()
+            assert row["evaluations"] == 3 and not (run / "status.json").exists()
             continue
         status = json.loads((run / "status.json").read_text())
         assert row["epochs"] == status["epoch"] and row["evaluations"] == status["evaluations"]
