@@ -20,8 +20,9 @@ def check_data_root(cfg: Config) -> None:
                         "or try the embedded dataset: python train_ray.py configs/demo.yaml")
 
 
-def _split(cfg: Config, split: str, read: dict | None) -> SplitClips:
-    """A split's clips, read once per `prepare`: `read` keeps what was read for the later steps (and the caller)."""
+def read_split(cfg: Config, split: str, read: dict | None) -> SplitClips:
+    """A split's clips, read from the files at most once: `read` ({split: SplitClips}) keeps what was read for the
+    later steps and the caller (a sweep's driver shares it with its trials); None reads without keeping."""
     if read is None:
         return clips_from_config(cfg.data, split, progress=False)
     if split not in read:
@@ -37,7 +38,7 @@ def prepare_data(cfg: Config, read: dict | None = None) -> None:
         ensure_dataset(cfg.data.root, num_clips=cfg.data.synthetic_num_clips, seed=cfg.data.synthetic_seed,
                        num_points=cfg.data.synthetic_num_points)
     check_dataset(cfg.data.root, use_contacts=cfg.data.use_contacts)  # every file, once, before any worker
-    test_set = dataset_from_config(cfg.data, "test", train=False, progress=False, clips=_split(cfg, "test", read))
+    test_set = dataset_from_config(cfg.data, "test", train=False, progress=False, clips=read_split(cfg, "test", read))
     if len(test_set) < cfg.evaluation.batch_size:
         raise DataError(f"{Path(cfg.data.root) / 'test.txt'} yields {len(test_set)} test clips, fewer than one "
                         f"R-precision batch (evaluation.batch_size = {cfg.evaluation.batch_size}): add test clips "
@@ -68,7 +69,7 @@ def prepare_text_features(cfg: Config, log=print, read: dict | None = None) -> P
     from tqdm import tqdm
     from cmdm.model.text import TextEncoder
     tm = cfg.model.text_model
-    captions = sorted({c.text for split in ("train", "test") for e in _split(cfg, split, read).entries()
+    captions = sorted({c.text for split in ("train", "test") for e in read_split(cfg, split, read).entries()
                        for c in e.captions})
     encoder = TextEncoder(tm.name, tm.max_length, tm.output)
     for i in tqdm(range(0, len(captions), 256), desc="text features", unit="x256 captions"):

@@ -31,10 +31,9 @@ from ray.tune.stopper import CombinedStopper
 
 from cmdm.atomic import atomic_write_text
 from cmdm.config import absolute_paths
-from cmdm.data.humanml3d import clips_from_config
 from cmdm.evaluation.metrics import improves
 from cmdm.preflight import check_cluster
-from cmdm.prepare import check_data_root, prepare
+from cmdm.prepare import check_data_root, prepare, read_split
 from cmdm.ray_cluster import check_ray_token_settings, start_ray
 from cmdm.resources import check_fits, cluster_offer, local_offer
 from cmdm.run_files import SweepFiles
@@ -213,9 +212,9 @@ def share_dataset(sweep: Sweep, read: dict | None = None, log=print) -> list | N
     None (each trial reads its files) when the motions would fill more than a quarter of the object store.
     `read`: splits the driver's `prepare` already read from the same config ({split: SplitClips}), not read again."""
     t0 = time.time()
-    data = absolute_paths(sweep.base_config).data
-    read = read or {}
-    clips = {split: read.get(split) or clips_from_config(data, split, progress=False) for split in ("train", "test")}
+    cfg = absolute_paths(sweep.base_config)
+    read = {} if read is None else read
+    clips = {split: read_split(cfg, split, read) for split in ("train", "test")}
     size = sum(m.nbytes for c in clips.values() for m in c.motions.values())
     store = min((n["Resources"].get("object_store_memory", 0) for n in ray.nodes() if n["Alive"]), default=0)
     if size > store / 4:
