@@ -758,7 +758,7 @@ def _log_sample(writer, sample, step) -> None:
     """One generated motion as a strip of stick-figure frames (and its real counterpart) in TensorBoard."""
     if sample is None:
         return
-    from cmdm.skeleton import recover_from_ric     # matplotlib and scipy: imported at the first evaluation only
+    from cmdm.skeleton import recover_from_ric     # imported at the first evaluation only
     from cmdm.viz import render_motion_frames
     for tag, feats in (("generated", sample["features"]), ("real", sample["real"])):
         joints = recover_from_ric(np.asarray(feats, np.float32))
