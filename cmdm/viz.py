@@ -22,6 +22,7 @@ LEFT_COLOR, RIGHT_COLOR, CENTER_COLOR = "#1f6fd1", "#d1361f", "#333333"
 GRID_COLOR, PATH_COLOR, FLOOR_POINT_COLOR, SCENE_POINT_COLOR = "#d9d9d9", "#a6a6a6", "#d6d6d6", "#b5a07a"
 SUPERSAMPLE = 2          # drawn at twice the size, then halved (smooth lines without an antialiasing rasteriser)
 FILL = 0.85              # the window's height (floor to 2 * half) fills this much of the picture's height
+TITLE_WIDTH, TITLE_LINES = 48, 3   # a title above the figure: up to 3 lines of 48 characters, the rest cut
 
 
 def _chain_color(chain):
@@ -80,9 +81,9 @@ def render_motion_frames(joints, title: str = "", scene_points=None, every: int 
     if pts is not None:
         pts = pts[:: max(1, len(pts) // 600)]                # a faint hint is enough (GIF size)
     font = _title_font(max(8, round(9.5 * s / 320)))
-    title_text = "\n".join(textwrap.wrap(title, 48)[:3]) if title else ""
+    title_text = "\n".join(textwrap.wrap(title, TITLE_WIDTH)[:TITLE_LINES]) if title else ""
     lw, dot = max(1, round(2 * s / 320)), max(1, round(s / 320))
-    order = KINEMATIC_CHAIN
+    thin = max(1, lw // 2)                                   # floor lines and the root's path
     frames = []
     for t in range(len(joints)):
         root = joints[t, 0]
@@ -103,15 +104,15 @@ def render_motion_frames(joints, title: str = "", scene_points=None, every: int 
                     a[axis] = b[axis] = v
                     a[1 - axis], b[1 - axis] = root[1 - axis] - half, root[1 - axis] + half
                     xy, _ = to_pixels(np.stack([a, b]), origin)
-                    draw.line([tuple(xy[0]), tuple(xy[1])], fill=GRID_COLOR, width=max(1, lw // 2))
+                    draw.line([tuple(xy[0]), tuple(xy[1])], fill=GRID_COLOR, width=thin)
         path = joints[:, 0] * np.array([1.0, 1.0, 0.0])    # the root's path on the floor
         inside = (np.abs(path[:, 0] - root[0]) <= half) & (np.abs(path[:, 1] - root[1]) <= half)
         xy, _ = to_pixels(path, origin)
         for i in range(len(path) - 1):
             if inside[i] and inside[i + 1]:
-                draw.line([tuple(xy[i]), tuple(xy[i + 1])], fill=PATH_COLOR, width=max(1, lw // 2))
+                draw.line([tuple(xy[i]), tuple(xy[i + 1])], fill=PATH_COLOR, width=thin)
         xy, depth = to_pixels(joints[t], origin)
-        for chain in sorted(order, key=lambda c: depth[c].mean()):          # the far limbs first
+        for chain in sorted(KINEMATIC_CHAIN, key=lambda c: depth[c].mean()):          # the far limbs first
             draw.line([tuple(xy[j]) for j in chain], fill=_chain_color(chain), width=lw, joint="curve")
         if title_text:
             draw.multiline_text((s / 2, s * 0.01), title_text, fill="black", font=font, anchor="ma", align="center")

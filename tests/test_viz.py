@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cmdm.data import synthetic as syn
-from cmdm.viz import LEFT_COLOR, RIGHT_COLOR, camera_axes, plot_coords, render_motion_frames
+from cmdm.viz import CENTER_COLOR, LEFT_COLOR, RIGHT_COLOR, camera_axes, plot_coords, render_motion_frames
 
 
 @pytest.mark.parametrize("view", [(20, -60), (0, 0), (35, 120), (-10, 200)])
@@ -46,5 +46,5 @@ def test_limbs_are_drawn_where_the_camera_puts_them():
     # the left limbs' pixels lie to the same side of the right limbs' as the camera projects them
     assert np.sign(left[:, 1].mean() - right[:, 1].mean()) == np.sign(left_x - right_x)
     # the head is above the feet on the image (rows grow downwards)
-    head_rows = _pixels_of(frame, "#333333")[:, 0]
+    head_rows = _pixels_of(frame, CENTER_COLOR)[:, 0]
     assert head_rows.min() < min(left[:, 0].max(), right[:, 0].max())

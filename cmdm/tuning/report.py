@@ -43,11 +43,10 @@ from cmdm.tuning.doctor import RULES, explain
 from cmdm.tuning.space import fork_source, format_value
 from cmdm.tuning.summary import summarise
 from cmdm.tuning.sweep_file import Sweep
-from cmdm.viz import save_gif
+from cmdm.viz import TITLE_LINES, TITLE_WIDTH, save_gif
 
 METRICS = ("fid", "top1", "top2", "top3", "mm_dist")
 LINEAGE = ("parent", "forked_at_step", "remedy")   # keys a row has when its trial continued another one
-TITLE_WIDTH, TITLE_LINES = 48, 3                     # what cmdm.viz fits above a GIF
 
 
 def make_report(sweep: Sweep, summary: dict, num_gifs: int = 3, samples: bool = True) -> Path:
