@@ -837,6 +837,19 @@ def check_init_from(cfg: Config, init_from: str | None, partial: bool) -> None:
             from None
 
 
+class CMDMTrainer(TorchTrainer):
+    """TorchTrainer without Train V2's DatasetsCallback when the run hands it no Ray Datasets (ours never does: the
+    workers read the clips themselves). That callback starts a DatasetManager actor for every run even then, one
+    more process importing ray.train and ray.data, and the worker group waits for it: ~4 s of each sweep trial's
+    start on 2 cores (bench/bench_trial_startup.py). It overrides a private method of Ray's (ray is pinned to
+    2.60.x; tests/test_train_parts.py fails if it moves); every other callback is Ray's own, in Ray's order."""
+
+    def _create_default_callbacks(self):
+        from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+        callbacks = super()._create_default_callbacks()
+        return [c for c in callbacks if not (isinstance(c, DatasetsCallback) and not self.datasets)]
+
+
 def make_trainer(cfg: Config, files: RunFiles, *, init_from: str | None = None, partial: bool = False,
                  callbacks=(), fork: dict | None = None, shared_data: list | None = None):
     """The TorchTrainer of one run (train_ray.py) or one sweep trial: workers and their resources, Ray's
@@ -846,7 +859,7 @@ def make_trainer(cfg: Config, files: RunFiles, *, init_from: str | None = None, 
     per_worker = {"CPU": cfg.ray.cpus_per_worker}
     if cfg.ray.use_gpu:
         per_worker["GPU"] = cfg.ray.gpus_per_worker or 1
-    return TorchTrainer(
+    return CMDMTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config_to_dict(cfg), "run_dir": str(files.root),
                            "init_from": init_from, "partial": partial, "fork": fork, "shared_data": shared_data},

@@ -142,3 +142,23 @@ def test_a_lost_node_message_gives_one_fix_whichever_way_the_rerun_ended(tmp_pat
     assert room.count("Fix:") == 1 and "lower ray.num_workers and ray.cpus_per_worker" in room
     assert "ray.lost_node_retries" not in room and "Add a node" not in room
     assert "Raise ray.lost_node_retries" in spent and "set ray.lost_node_retries=3" in off
+
+
+def test_the_trainer_drops_only_the_datasets_callback_and_only_without_datasets(tmp_path):
+    """CMDMTrainer = TorchTrainer less Train V2's DatasetsCallback (a DatasetManager actor per run) when it gets
+    no Ray Datasets; every other default callback of Ray's, in Ray's order. Fails if Ray renames the private
+    method it overrides or the callback (ray is pinned to 2.60.x in pyproject.toml)."""
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+    from cmdm.train import CMDMTrainer
+    kw = {"scaling_config": ray.train.ScalingConfig(num_workers=1),
+          "run_config": ray.train.RunConfig(storage_path=str(tmp_path))}
+    names = lambda trainer: [type(c).__name__ for c in trainer._create_default_callbacks()]   # noqa: E731
+    ours, rays = names(CMDMTrainer(lambda: None, **kw)), names(TorchTrainer(lambda: None, **kw))
+    assert DatasetsCallback.__name__ in rays and len(rays) > 3
+    assert ours == [n for n in rays if n != DatasetsCallback.__name__]
+    with_data = CMDMTrainer(lambda: None, datasets={"train": ray.data.range(1)}, **kw)
+    assert names(with_data) == rays
