@@ -89,13 +89,15 @@ def test_no_import_cycle_in_cmdm():
     assert not found, "import cycles (each group imports itself back): " + "; ".join(" <-> ".join(g) for g in found)
 
 
-def test_the_sweeps_light_processes_import_no_torch():
+def test_the_sweeps_light_processes_import_no_torch_and_no_scipy():
     """Ray Train's controller unpickles the trial's report callback (cmdm.tuning.trial) and with it that module's
-    imports; torch there costs seconds of every trial's start-up (bench/bench_trial_startup.py, `ctrl init`).
-    Likewise each node's preflight task (cmdm.preflight) on a cluster. A fresh interpreter: this one has torch."""
+    imports; torch there costs seconds of every trial's start-up (bench/bench_trial_startup.py, `ctrl init`),
+    scipy (the FID's sqrtm, reached through the doctor's metric directions) ~0.2 s in the controller and in Tune's
+    trial actor. Likewise each node's preflight task (cmdm.preflight) on a cluster. A fresh interpreter: this
+    one has both."""
     import subprocess
     import sys
     code = ("import sys, cmdm.tuning.trial, cmdm.tuning.sweep_file, cmdm.run_files, cmdm.atomic, cmdm.preflight\n"
-            "print('torch' in sys.modules)")
+            "print(sorted(m for m in ('torch', 'scipy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False", "importing the report callback's module (cmdm.tuning.trial) imports torch"
+    assert out.strip() == "[]", f"importing the report callback's module (cmdm.tuning.trial) imports {out.strip()}"

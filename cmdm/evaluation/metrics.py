@@ -12,7 +12,6 @@ Nothing here knows a model or an evaluator: inputs are numpy arrays of co-embedd
 from __future__ import annotations
 
 import numpy as np
-from scipy import linalg
 
 # Which way is better for each number a run reports and a sweep ranks by (the training loss included): the one
 # table the best-checkpoint tracker (cmdm/train.py) and the sweep file's metric/mode/targets checks read.
@@ -65,6 +64,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
         raise ValueError(f"shapes differ: means {mu1.shape} vs {mu2.shape}, covariances {sigma1.shape} vs {sigma2.shape}")
+    from scipy import linalg     # here: the sweep's Train controllers import this module (LOWER_IS_BETTER), not FID
     covmean = linalg.sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():
         offset = np.eye(len(sigma1)) * eps
