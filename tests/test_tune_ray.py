@@ -48,7 +48,7 @@ def swept(tiny, tmp_path_factory):
 
     from listening import listening_sockets, process_tree
     tmp = tmp_path_factory.mktemp("sweep")
-    path = sweep_file(tiny, tmp, "tiny-sweep")
+    path = sweep_file(tiny, tmp, "tiny-sweep", max_concurrent_trials=2)   # two at a time, as the demo sweep runs
     out, err = tmp / "stdout.txt", tmp / "stderr.txt"
     with open(out, "w") as fo, open(err, "w") as fe:
         popen = subprocess.Popen([sys.executable, "tune_ray.py", str(path)], cwd=ROOT, stdout=fo, stderr=fe, text=True)
